@@ -1,0 +1,50 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// Heretic: a hosted operating system for massive concurrency.
+// Modules follow the architecture: the core runtime (HereticCore) now; the network stack,
+// packet paths and services join as their own modules beside it.
+let package = Package(
+    name: "Heretic",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "HereticCore", targets: ["HereticCore"]),
+        .executable(name: "heretic", targets: ["heretic"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+    ],
+    targets: [
+        // Thin C layer over what Swift cannot reach directly: CPU affinity, eventfd, futex-free latches.
+        .target(name: "CHereticSys"),
+        // Layer 1: per-core reactors, stackless tasks, events, timing wheel, mailboxes, executors.
+        .target(
+            name: "HereticCore",
+            dependencies: [
+                "CHereticSys",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        // The brief's workloads, reproduced as self-checking benchmarks.
+        .target(
+            name: "HereticBench",
+            dependencies: [
+                "HereticCore",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        .executableTarget(
+            name: "heretic",
+            dependencies: [
+                "HereticBench",
+                "HereticCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "HereticCoreTests", dependencies: ["HereticCore"]),
+        .testTarget(name: "HereticBenchTests", dependencies: ["HereticBench", "HereticCore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

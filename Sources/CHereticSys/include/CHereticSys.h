@@ -1,0 +1,50 @@
+#ifndef CHERETIC_SYS_H
+#define CHERETIC_SYS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/// Pins the calling thread to one CPU. Returns 0 or an errno value.
+int heretic_pin_current_thread(int cpu);
+/// Number of CPUs this process may run on (its affinity mask).
+int heretic_available_cpus(void);
+
+/// Starts a joinable OS thread running `body(context)`. Returns 0 or an errno value.
+int heretic_thread_start(uint64_t *handle, void (*body)(void *), void *context);
+int heretic_thread_join(uint64_t handle);
+
+/// The index of the Heretic core the calling thread runs, or -1 on a foreign thread.
+int heretic_current_core(void);
+void heretic_set_current_core(int index);
+/// Opaque per-thread pointer to the running core object (NULL on foreign threads).
+void *heretic_current_core_object(void);
+void heretic_set_current_core_object(void *core);
+
+/// Monotonic clock in nanoseconds.
+uint64_t heretic_monotonic_ns(void);
+
+/// An eventfd used to wake an idle core. Returns the fd or -errno.
+int heretic_eventfd_create(void);
+void heretic_eventfd_signal(int fd);
+/// Waits until the fd is readable or `timeout_ms` passes (-1: forever); drains it.
+/// Returns 1 when signalled, 0 on timeout.
+int heretic_eventfd_wait(int fd, int timeout_ms);
+void heretic_close(int fd);
+
+/// Resident set size of this process in bytes, read from /proc/self/statm (0 if unreadable).
+uint64_t heretic_rss_bytes(void);
+
+/// Anonymous memory for arenas: reserved lazily (pages cost nothing until touched),
+/// with transparent huge pages requested when `huge` is non-zero. NULL on failure.
+void *heretic_arena_map(size_t bytes, int huge);
+void heretic_arena_unmap(void *address, size_t bytes);
+
+/// A one-shot latch a foreign thread can block on until a core opens it.
+typedef struct heretic_latch heretic_latch;
+heretic_latch *heretic_latch_create(void);
+void heretic_latch_destroy(heretic_latch *latch);
+void heretic_latch_open(heretic_latch *latch);
+void heretic_latch_wait(heretic_latch *latch);
+int heretic_latch_is_open(heretic_latch *latch);
+
+#endif

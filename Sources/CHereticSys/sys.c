@@ -1,0 +1,163 @@
+#define _GNU_SOURCE
+#include "CHereticSys.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+int heretic_pin_current_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+int heretic_available_cpus(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
+    int n = CPU_COUNT(&set);
+    return n > 0 ? n : 1;
+}
+
+struct start_box { void (*body)(void *); void *context; };
+
+static void *thread_main(void *raw) {
+    struct start_box box = *(struct start_box *)raw;
+    free(raw);
+    box.body(box.context);
+    return NULL;
+}
+
+int heretic_thread_start(uint64_t *handle, void (*body)(void *), void *context) {
+    struct start_box *box = malloc(sizeof(*box));
+    if (!box) return ENOMEM;
+    box->body = body;
+    box->context = context;
+    pthread_t thread;
+    int rc = pthread_create(&thread, NULL, thread_main, box);
+    if (rc != 0) { free(box); return rc; }
+    *handle = (uint64_t)thread;
+    return 0;
+}
+
+int heretic_thread_join(uint64_t handle) { return pthread_join((pthread_t)handle, NULL); }
+
+static _Thread_local int current_core = -1;
+static _Thread_local void *current_core_object = NULL;
+int heretic_current_core(void) { return current_core; }
+void heretic_set_current_core(int index) { current_core = index; }
+void *heretic_current_core_object(void) { return current_core_object; }
+void heretic_set_current_core_object(void *core) { current_core_object = core; }
+
+uint64_t heretic_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int heretic_eventfd_create(void) {
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+void heretic_eventfd_signal(int fd) {
+    uint64_t one = 1;
+    ssize_t rc;
+    do { rc = write(fd, &one, sizeof(one)); } while (rc < 0 && errno == EINTR);
+}
+
+int heretic_eventfd_wait(int fd, int timeout_ms) {
+    struct pollfd p = { .fd = fd, .events = POLLIN, .revents = 0 };
+    int rc;
+    do { rc = poll(&p, 1, timeout_ms); } while (rc < 0 && errno == EINTR);
+    if (rc <= 0) return 0;
+    uint64_t value;
+    while (read(fd, &value, sizeof(value)) > 0) {}
+    return 1;
+}
+
+void heretic_close(int fd) { close(fd); }
+
+uint64_t heretic_rss_bytes(void) {
+    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buffer[128];
+    ssize_t n = read(fd, buffer, sizeof(buffer) - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buffer[n] = 0;
+    char *cursor = buffer;
+    strtoull(cursor, &cursor, 10);               /* total program size */
+    unsigned long long resident = strtoull(cursor, NULL, 10);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+void *heretic_arena_map(size_t bytes, int huge) {
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (!huge) {
+        void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, flags, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    /* Over-map, then trim to a 2 MiB boundary so the kernel can back it with huge pages. */
+    size_t span = bytes + HUGE_ALIGN;
+    char *raw = mmap(NULL, span, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (raw == MAP_FAILED) return NULL;
+    char *aligned = (char *)(((uintptr_t)raw + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1));
+    if (aligned > raw) munmap(raw, (size_t)(aligned - raw));
+    char *end = aligned + bytes;
+    char *rawEnd = raw + span;
+    if (rawEnd > end) munmap(end, (size_t)(rawEnd - end));
+#ifdef MADV_HUGEPAGE
+    madvise(aligned, bytes, MADV_HUGEPAGE);
+#endif
+    return aligned;
+}
+
+void heretic_arena_unmap(void *address, size_t bytes) { if (address) munmap(address, bytes); }
+
+struct heretic_latch { pthread_mutex_t mutex; pthread_cond_t cond; int open; };
+
+heretic_latch *heretic_latch_create(void) {
+    heretic_latch *l = calloc(1, sizeof(*l));
+    if (!l) abort();
+    pthread_mutex_init(&l->mutex, NULL);
+    pthread_cond_init(&l->cond, NULL);
+    return l;
+}
+
+void heretic_latch_destroy(heretic_latch *l) {
+    pthread_cond_destroy(&l->cond);
+    pthread_mutex_destroy(&l->mutex);
+    free(l);
+}
+
+void heretic_latch_open(heretic_latch *l) {
+    pthread_mutex_lock(&l->mutex);
+    l->open = 1;
+    pthread_cond_broadcast(&l->cond);
+    pthread_mutex_unlock(&l->mutex);
+}
+
+void heretic_latch_wait(heretic_latch *l) {
+    pthread_mutex_lock(&l->mutex);
+    while (!l->open) pthread_cond_wait(&l->cond, &l->mutex);
+    pthread_mutex_unlock(&l->mutex);
+}
+
+int heretic_latch_is_open(heretic_latch *l) {
+    pthread_mutex_lock(&l->mutex);
+    int open = l->open;
+    pthread_mutex_unlock(&l->mutex);
+    return open;
+}

@@ -1,0 +1,372 @@
+import Atomics
+import CHereticSys
+import Synchronization
+
+/// Work posted to a core: a closure to run on its thread, or an async job to resume.
+@usableFromInline enum CoreMessage: Sendable {
+    case work(@Sendable (Core) -> Void)
+    case job(UnownedJob)
+}
+
+/// Something the loop polls once per turn (packet paths plug in here).
+public protocol CorePoller: AnyObject {
+    /// Does pending work; returns how much (0 lets the core go idle).
+    func poll(_ core: Core) -> Int
+}
+
+/// One reactor: a loop on its own pinned OS thread owning a timer wheel, task pools, an async
+/// job queue and mailboxes from every other core. Everything it owns is touched only by its
+/// thread; other threads reach it only by posting messages (`execute`, `set`, `enqueue`).
+///
+/// A core is also a Swift `TaskExecutor`: `Task(executorPreference: core) { ... }` runs async
+/// code on this loop, where it can await Heretic events and sleeps on the same timer wheel.
+public final class Core: TaskExecutor, @unchecked Sendable {
+    /// The core's position in its runtime (0-based).
+    public let index: Int
+    @usableFromInline let state: UnsafeMutablePointer<CoreState>
+    @usableFromInline unowned(unsafe) let runtime: Runtime
+    let cpu: Int?
+    private let wakeFD: Int32
+    private let sleeping = ManagedAtomic<Bool>(false)
+    let stopping = ManagedAtomic<Bool>(false)
+    /// Mailboxes from each other core, indexed by the sender's index.
+    var inbound: [SPSCRing<CoreMessage>] = []
+    /// Messages from threads that are not cores, or from cores whose mailbox was full.
+    private let injected = Mutex<[CoreMessage]>([])
+    private let injectedCount = ManagedAtomic<Int>(0)
+    private var localWork: [@Sendable (Core) -> Void] = []
+    private var pollers: [CorePoller] = []
+    private let epochNanoseconds: UInt64
+    /// Tasks resumed per pool per turn before the loop looks at timers and mailboxes again.
+    public var taskBudget = 4096
+    var threadHandle: UInt64 = 0
+
+    init(index: Int, runtime: Runtime, cpu: Int?, epochNanoseconds: UInt64) throws(HereticError) {
+        self.index = index
+        self.runtime = runtime
+        self.cpu = cpu
+        self.epochNanoseconds = epochNanoseconds
+        let fd = heretic_eventfd_create()
+        if fd < 0 { throw HereticError.system(call: "eventfd", errno: -fd) }
+        wakeFD = fd
+        state = .allocate(capacity: 1)
+        state.initialize(to: CoreState())
+    }
+
+    deinit {
+        heretic_close(wakeFD)
+        state.pointee.timers.release()
+        state.deinitialize(count: 1)
+        state.deallocate()
+    }
+
+    /// Whether the calling thread is this core's thread.
+    @inlinable public var isCurrent: Bool {
+        heretic_current_core_object() == Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    /// The core whose thread is calling, if any.
+    public static var current: Core? {
+        guard let p = heretic_current_core_object() else { return nil }
+        return Unmanaged<Core>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    /// Milliseconds since the runtime started, as of this loop turn.
+    public var nowMilliseconds: UInt64 { state.pointee.nowTick }
+
+    /// Stackless task resumes on this core since it started (readable from any thread as a
+    /// monitoring figure; exact only on the core itself).
+    public var switchCount: UInt64 { state.pointee.switches }
+
+    /// Timers pending on this core's wheel.
+    public var pendingTimers: Int { state.pointee.timers.count }
+
+    @inlinable func checkThread(_ what: StaticString) {
+        precondition(isCurrent, "Heretic: \(what) must be called on core \(index)'s own thread")
+    }
+
+    // MARK: Pools
+
+    /// Creates the arena for one task type on this core. Call on the core's thread; keep the
+    /// pool and spawn through it. `@inlinable` so the run loop is specialised for `T` here.
+    @inlinable
+    public func makePool<T: StacklessTask>(of type: T.Type = T.self) -> TaskPool<T> {
+        checkThread("makePool")
+        let index = state.pointee.pools.count
+        precondition(index < Int(UInt16.max), "Heretic: too many task pools on one core")
+        let pool = TaskPool<T>(core: self, index: UInt16(index))
+        registerPool(pool.state,
+                     run: { [unowned(unsafe) pool] budget in pool.runReady(budget: budget) },
+                     destroy: { pool.destroyAll() })
+        return pool
+    }
+
+    @usableFromInline func registerPool(_ state: UnsafeMutablePointer<PoolState>,
+                                        run: @escaping (Int) -> Int, destroy: @escaping () -> Void) {
+        self.state.pointee.pools.append(state)
+        self.state.pointee.runners.append(run)
+        self.state.pointee.destroyers.append(destroy)
+    }
+
+    /// Destroys a pool: every task still in it is deinitialized without running again, and
+    /// handles into it go stale. Call on the core's thread, outside the pool's own tasks.
+    public func removePool<T>(_ pool: TaskPool<T>) {
+        checkThread("removePool")
+        let i = Int(pool.index)
+        guard i < state.pointee.pools.count, state.pointee.pools[i] != nil else { return }
+        state.pointee.runnable.removeAll { $0 == pool.index }
+        state.pointee.pools[i] = nil
+        state.pointee.runners[i] = nil
+        let destroy = state.pointee.destroyers[i]
+        state.pointee.destroyers[i] = nil
+        destroy?()
+    }
+
+    @usableFromInline func armTaskTimer(pool: UInt16, slot: UInt32, afterMilliseconds ms: UInt64) -> UInt32 {
+        let deadline = state.pointee.nowTick &+ (ms == 0 ? 1 : ms)
+        return state.pointee.timers.arm(at: deadline, payload: TimerPayload.task(pool: pool, slot: slot)).index
+    }
+
+    // MARK: Events
+
+    /// Sets an inline event of any task. On this core's thread, for a task on this core, the
+    /// value is stored and the task woken at once; otherwise the set travels through the
+    /// target core's mailbox and the result is `.posted`.
+    @inlinable @inline(__always) @discardableResult
+    public func set<V: Sendable>(_ ref: EventRef<V>, _ value: V) -> SetResult {
+        if Int(ref.task.core) == index && isCurrent {
+            let pools = state.pointee.pools
+            let p = Int(ref.task.pool)
+            guard p < pools.count, let pool = pools[p] else { return .gone }
+            return pool.pointee.deliver(slot: ref.task.slot, generation: ref.task.generation,
+                                        offset: Int(ref.offset), value: value)
+        }
+        runtime.core(Int(ref.task.core)).post(.work { core in _ = core.set(ref, value) })
+        return .posted
+    }
+
+    /// Runs `body` once the task exits (at once, returning false, if it already has).
+    /// Call on the task's core.
+    @discardableResult
+    public func whenExited(_ id: TaskID, _ body: @escaping () -> Void) -> Bool {
+        checkThread("whenExited")
+        let p = Int(id.pool)
+        guard Int(id.core) == index, p < state.pointee.pools.count, let pool = state.pointee.pools[p],
+              id.slot < pool.pointee.highWater else { return false }
+        let h = pool.pointee.header(pool.pointee.address(id.slot))
+        guard h.pointee.status != .free, h.pointee.generation == id.generation else { return false }
+        h.pointee.flags |= SlotHeader.exitWatched
+        pool.pointee.exitWatchers[id.slot, default: []].append(body)
+        return true
+    }
+
+    @usableFromInline func taskExited(pool: UnsafeMutablePointer<PoolState>, slot: UInt32) {
+        guard let watchers = pool.pointee.exitWatchers.removeValue(forKey: slot) else { return }
+        for w in watchers { w() }
+    }
+
+    /// Waits, from any async context, until the task exits.
+    public func join(_ id: TaskID) async {
+        await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in
+            self.post(.work { core in
+                if !core.whenExited(id, { c.resume() }) { c.resume() }
+            })
+        }
+    }
+
+    // MARK: Messages
+
+    /// Runs `work` on this core's thread on a later turn of its loop.
+    public func execute(_ work: @escaping @Sendable (Core) -> Void) {
+        post(.work(work))
+    }
+
+    @usableFromInline func post(_ message: CoreMessage) {
+        if isCurrent {
+            switch message {
+            case .work(let w): localWork.append(w)
+            case .job(let j): state.pointee.jobs.push(j)
+            }
+            return
+        }
+        let sender = Int(heretic_current_core())
+        var pending: CoreMessage? = message
+        if sender >= 0, sender < inbound.count, sender != index,
+           runtime.core(sender).isCurrent {
+            pending = inbound[sender].push(message)
+        }
+        if let m = pending {
+            injected.withLock { $0.append(m) }
+            injectedCount.wrappingIncrement(ordering: .releasing)
+        }
+        if sleeping.load(ordering: .sequentiallyConsistent) { heretic_eventfd_signal(wakeFD) }
+    }
+
+    private func handle(_ message: CoreMessage) {
+        switch message {
+        case .work(let w): w(self)
+        case .job(let j): state.pointee.jobs.push(j)
+        }
+    }
+
+    private func drainMessages() -> Int {
+        var n = 0
+        for ring in inbound {
+            while let m = ring.pop() { handle(m); n += 1 }
+        }
+        if injectedCount.load(ordering: .acquiring) > 0 {
+            let batch = injected.withLock { q -> [CoreMessage] in
+                let b = q
+                q.removeAll(keepingCapacity: true)
+                return b
+            }
+            injectedCount.wrappingDecrement(by: batch.count, ordering: .relaxed)
+            for m in batch { handle(m); n += 1 }
+        }
+        if !localWork.isEmpty {
+            let batch = localWork
+            localWork.removeAll(keepingCapacity: true)
+            for w in batch { w(self); n += 1 }
+        }
+        return n
+    }
+
+    private var hasPendingMessages: Bool {
+        if !localWork.isEmpty || injectedCount.load(ordering: .acquiring) > 0 { return true }
+        for ring in inbound where !ring.isEmpty { return true }
+        return false
+    }
+
+    /// Adds a poller the loop calls once per turn. Call on the core's thread.
+    public func addPoller(_ poller: CorePoller) {
+        checkThread("addPoller")
+        pollers.append(poller)
+    }
+
+    // MARK: Async executor
+
+    public func enqueue(_ job: consuming ExecutorJob) {
+        let unowned = UnownedJob(job)
+        if isCurrent { state.pointee.jobs.push(unowned) } else { post(.job(unowned)) }
+    }
+
+    /// Starts async work on this core.
+    @discardableResult
+    public func spawnAsync<R: Sendable>(_ body: @escaping @Sendable () async -> R) -> Task<R, Never> {
+        Task(executorPreference: self) { await body() }
+    }
+
+    /// Arms an async timer; `fire` runs on this core when it expires unless cancelled first.
+    func armAsyncTimer(afterMilliseconds ms: UInt64, _ fire: @escaping () -> Void)
+        -> (handle: TimerHandle, entry: Int, id: UInt64) {
+        let (entry, id) = state.pointee.asyncTimers.add(fire)
+        let deadline = state.pointee.nowTick &+ (ms == 0 ? 1 : ms)
+        let handle = state.pointee.timers.arm(at: deadline, payload: TimerPayload.asyncBit | UInt64(entry))
+        return (handle, entry, id)
+    }
+
+    /// Cancels an async timer; returns its callback if it had not fired yet.
+    func cancelAsyncTimer(_ t: (handle: TimerHandle, entry: Int, id: UInt64)) -> (() -> Void)? {
+        guard let f = state.pointee.asyncTimers.take(t.entry, id: t.id) else { return nil }
+        state.pointee.timers.cancel(t.handle)
+        return f
+    }
+
+    // MARK: The loop
+
+    func currentTick() -> UInt64 { (heretic_monotonic_ns() &- epochNanoseconds) / 1_000_000 }
+
+    func runLoop() {
+        heretic_set_current_core(Int32(index))
+        heretic_set_current_core_object(Unmanaged.passUnretained(self).toOpaque())
+        if let cpu { _ = heretic_pin_current_thread(Int32(cpu)) }
+        let st = state
+        var expired: [UInt64] = []
+        var runnable: [UInt16] = []
+        while true {
+            let now = currentTick()
+            st.pointee.nowTick = now
+            var work = drainMessages()
+
+            if st.pointee.timers.count > 0 {
+                st.pointee.timers.advance(to: now, into: &expired)
+                for payload in expired { fireTimer(payload) }
+                work += expired.count
+                expired.removeAll(keepingCapacity: true)
+            }
+
+            if !st.pointee.runnable.isEmpty {
+                swap(&runnable, &st.pointee.runnable)
+                for p in runnable {
+                    guard let run = st.pointee.runners[Int(p)] else { continue }
+                    let ran = run(taskBudget)
+                    st.pointee.switches &+= UInt64(ran)
+                    work += ran
+                    if let pool = st.pointee.pools[Int(p)], pool.pointee.scheduled {
+                        st.pointee.runnable.append(p)
+                    }
+                }
+                runnable.removeAll(keepingCapacity: true)
+            }
+
+            var jobs = 0
+            while jobs < taskBudget, let job = st.pointee.jobs.pop() {
+                job.runSynchronously(on: asUnownedTaskExecutor())
+                jobs += 1
+            }
+            st.pointee.jobsRun &+= UInt64(jobs)
+            work += jobs
+
+            for poller in pollers { work += poller.poll(self) }
+
+            if stopping.load(ordering: .relaxed) { break }
+            if work == 0 { idle(now: now) }
+        }
+        teardown()
+        heretic_set_current_core_object(nil)
+        heretic_set_current_core(-1)
+    }
+
+    private func fireTimer(_ payload: UInt64) {
+        if payload & TimerPayload.asyncBit != 0 {
+            let entry = Int(payload & 0xFFFF_FFFF)
+            state.pointee.asyncTimers.take(entry)?()
+            return
+        }
+        let p = Int((payload >> 32) & 0xFFFF)
+        guard p < state.pointee.pools.count, let pool = state.pointee.pools[p] else { return }
+        pool.pointee.timerFired(UInt32(truncatingIfNeeded: payload))
+    }
+
+    private func idle(now: UInt64) {
+        sleeping.store(true, ordering: .sequentiallyConsistent)
+        if hasPendingMessages || !pollers.isEmpty {
+            sleeping.store(false, ordering: .relaxed)
+            return
+        }
+        var timeout: Int32 = -1
+        if let next = state.pointee.timers.nextEventTick() {
+            timeout = next > now ? Int32(clamping: next - now) : 0
+        }
+        if timeout != 0 { _ = heretic_eventfd_wait(wakeFD, timeout) }
+        sleeping.store(false, ordering: .relaxed)
+    }
+
+    func wake() { heretic_eventfd_signal(wakeFD) }
+
+    private func teardown() {
+        // Remaining tasks are destroyed without running again; queued jobs are dropped with
+        // the runtime (async tasks still suspended on this core never resume).
+        for i in 0..<state.pointee.destroyers.count {
+            state.pointee.pools[i] = nil
+            state.pointee.runners[i] = nil
+            if let d = state.pointee.destroyers[i] {
+                state.pointee.destroyers[i] = nil
+                d()
+            }
+        }
+        state.pointee.runnable.removeAll()
+        localWork.removeAll()
+        pollers.removeAll()
+    }
+}
