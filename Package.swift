@@ -4,6 +4,10 @@ import PackageDescription
 // Heretic: a hosted operating system for massive concurrency.
 // Modules follow the architecture: the core runtime (HereticCore) now; the network stack,
 // packet paths and services join as their own modules beside it.
+/// Nonisolated async code stays on its caller's executor (a Heretic core) instead of hopping
+/// to the generic executor after every await: fewer executor switches on the loop.
+let swiftSettings: [SwiftSetting] = [.enableUpcomingFeature("NonisolatedNonsendingByDefault")]
+
 let package = Package(
     name: "Heretic",
     platforms: [.macOS(.v15)],
@@ -25,7 +29,8 @@ let package = Package(
             dependencies: [
                 "CHereticSys",
                 .product(name: "Atomics", package: "swift-atomics"),
-            ]
+            ],
+            swiftSettings: swiftSettings
         ),
         // The brief's workloads, reproduced as self-checking benchmarks.
         .target(
@@ -33,7 +38,8 @@ let package = Package(
             dependencies: [
                 "HereticCore",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
-            ]
+            ],
+            swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "heretic",

@@ -51,8 +51,8 @@ int heretic_thread_start(uint64_t *handle, void (*body)(void *), void *context) 
 
 int heretic_thread_join(uint64_t handle) { return pthread_join((pthread_t)handle, NULL); }
 
-static _Thread_local int current_core = -1;
-static _Thread_local void *current_core_object = NULL;
+static _Thread_local int current_core __attribute__((tls_model("initial-exec"))) = -1;
+static _Thread_local void *current_core_object __attribute__((tls_model("initial-exec"))) = NULL;
 int heretic_current_core(void) { return current_core; }
 void heretic_set_current_core(int index) { current_core = index; }
 void *heretic_current_core_object(void) { return current_core_object; }

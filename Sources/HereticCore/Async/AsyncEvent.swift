@@ -6,26 +6,26 @@
 /// resumed at once, from elsewhere the set travels through the core's mailbox.
 public final class AsyncEvent<Value: Sendable>: @unchecked Sendable {
     public let core: Core
-    private var value: Value?
-    private var isSet = false
-    private var waiter: UnsafeContinuation<Outcome, Never>?
-    private var waitID: UInt64 = 0
-    private var timer: (handle: TimerHandle, entry: Int, id: UInt64)?
+    @usableFromInline @exclusivity(unchecked) var value: Value?
+    @usableFromInline @exclusivity(unchecked) var isSet = false
+    @usableFromInline @exclusivity(unchecked) var waiter: UnsafeContinuation<Outcome, Never>?
+    @usableFromInline @exclusivity(unchecked) var waitID: UInt64 = 0
+    @usableFromInline @exclusivity(unchecked) var timer: AsyncTimer?
 
-    private enum Outcome { case signalled(Value), timedOut, cancelled }
+    @usableFromInline enum Outcome { case signalled(Value), timedOut, cancelled }
 
     public init(on core: Core) { self.core = core }
 
     /// Sets the event: resumes the waiter with the value, or stores it for the next wait.
     /// Returns `.alreadySet` when an earlier value was not taken yet, `.posted` off-core.
-    @discardableResult
+    @inlinable @discardableResult
     public func set(_ newValue: Value) -> SetResult {
         if core.isCurrent { return setHere(newValue) }
         core.execute { _ in _ = self.setHere(newValue) }
         return .posted
     }
 
-    private func setHere(_ newValue: Value) -> SetResult {
+    @inlinable func setHere(_ newValue: Value) -> SetResult {
         if let w = waiter {
             waiter = nil
             if let t = timer { _ = core.cancelAsyncTimer(t); timer = nil }
@@ -39,8 +39,8 @@ public final class AsyncEvent<Value: Sendable>: @unchecked Sendable {
     }
 
     /// Waits for the value. Throws `CancellationError` if the task is cancelled meanwhile.
-    public func wait() async throws(CancellationError) -> Value {
-        switch await suspend(timeout: nil) {
+    @inlinable public func wait(isolation: isolated (any Actor)? = #isolation) async throws(CancellationError) -> Value {
+        switch await suspend(timeout: nil, isolation: isolation) {
         case .signalled(let v): return v
         case .timedOut: fatalError("unreachable: no timeout was armed")
         case .cancelled: throw CancellationError()
@@ -48,16 +48,16 @@ public final class AsyncEvent<Value: Sendable>: @unchecked Sendable {
     }
 
     /// Waits for the value or until `timeoutMilliseconds` pass.
-    public func wait(timeoutMilliseconds: Int) async throws(CancellationError) -> WaitResult<Value> {
+    @inlinable public func wait(timeoutMilliseconds: Int, isolation: isolated (any Actor)? = #isolation) async throws(CancellationError) -> WaitResult<Value> {
         precondition(timeoutMilliseconds >= 0, "Heretic: negative timeout")
-        switch await suspend(timeout: UInt64(timeoutMilliseconds)) {
+        switch await suspend(timeout: UInt64(timeoutMilliseconds), isolation: isolation) {
         case .signalled(let v): return .signalled(v)
         case .timedOut: return .timedOut
         case .cancelled: throw CancellationError()
         }
     }
 
-    private func suspend(timeout: UInt64?) async -> Outcome {
+    @inlinable func suspend(timeout: UInt64?, isolation: isolated (any Actor)?) async -> Outcome {
         precondition(core.isCurrent,
                      "Heretic: AsyncEvent.wait called off its core \(core.index) (wrong core)")
         precondition(waiter == nil, "Heretic: AsyncEvent already has a waiter (one at a time)")
@@ -67,11 +67,12 @@ public final class AsyncEvent<Value: Sendable>: @unchecked Sendable {
             value = nil
             return .signalled(v)
         }
-        if Task.isCancelled { return .cancelled }
+        // An already-cancelled task gets its handler called at once; it posts `cancelWait`,
+        // which runs after the waiter is registered below, so no separate check is needed.
         waitID &+= 1
         let id = waitID
-        return await withTaskCancellationHandler {
-            await withUnsafeContinuation { (c: UnsafeContinuation<Outcome, Never>) in
+        return await withTaskCancellationHandler(operation: {
+            await withUnsafeContinuation(isolation: isolation) { (c: UnsafeContinuation<Outcome, Never>) in
                 self.waiter = c
                 if let ms = timeout {
                     self.timer = self.core.armAsyncTimer(afterMilliseconds: ms) { [self] in
@@ -82,12 +83,12 @@ public final class AsyncEvent<Value: Sendable>: @unchecked Sendable {
                     }
                 }
             }
-        } onCancel: {
+        }, onCancel: {
             self.core.execute { _ in self.cancelWait(id) }
-        }
+        }, isolation: isolation)
     }
 
-    private func cancelWait(_ id: UInt64) {
+    @usableFromInline func cancelWait(_ id: UInt64) {
         guard waitID == id, let w = waiter else { return }
         waiter = nil
         if let t = timer { _ = core.cancelAsyncTimer(t); timer = nil }
@@ -98,7 +99,7 @@ public final class AsyncEvent<Value: Sendable>: @unchecked Sendable {
 /// The state of one async sleep, shared by its timer and its cancellation handler.
 private final class SleepState: @unchecked Sendable {
     var continuation: UnsafeContinuation<Bool, Never>?
-    var timer: (handle: TimerHandle, entry: Int, id: UInt64)?
+    var timer: AsyncTimer?
 }
 
 extension Core {

@@ -8,6 +8,13 @@ import Synchronization
     case job(UnownedJob)
 }
 
+/// An armed async timer: the wheel's handle plus its callback entry.
+@usableFromInline struct AsyncTimer: Sendable {
+    @usableFromInline let handle: TimerHandle
+    @usableFromInline let entry: Int
+    @usableFromInline let id: UInt64
+}
+
 /// Something the loop polls once per turn (packet paths plug in here).
 public protocol CorePoller: AnyObject {
     /// Does pending work; returns how much (0 lets the core go idle).
@@ -20,7 +27,7 @@ public protocol CorePoller: AnyObject {
 ///
 /// A core is also a Swift `TaskExecutor`: `Task(executorPreference: core) { ... }` runs async
 /// code on this loop, where it can await Heretic events and sleeps on the same timer wheel.
-public final class Core: TaskExecutor, @unchecked Sendable {
+public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     /// The core's position in its runtime (0-based).
     public let index: Int
     @usableFromInline let state: UnsafeMutablePointer<CoreState>
@@ -40,6 +47,7 @@ public final class Core: TaskExecutor, @unchecked Sendable {
     /// Tasks resumed per pool per turn before the loop looks at timers and mailboxes again.
     public var taskBudget = 4096
     var threadHandle: UInt64 = 0
+    private lazy var coreActor = CoreActor(core: self)
 
     init(index: Int, runtime: Runtime, cpu: Int?, epochNanoseconds: UInt64) throws(HereticError) {
         self.index = index
@@ -56,6 +64,7 @@ public final class Core: TaskExecutor, @unchecked Sendable {
     deinit {
         heretic_close(wakeFD)
         state.pointee.timers.release()
+        state.pointee.jobs.release()
         state.deinitialize(count: 1)
         state.deallocate()
     }
@@ -77,6 +86,9 @@ public final class Core: TaskExecutor, @unchecked Sendable {
     /// Stackless task resumes on this core since it started (readable from any thread as a
     /// monitoring figure; exact only on the core itself).
     public var switchCount: UInt64 { state.pointee.switches }
+
+    /// Async jobs this core has run since it started (monitoring figure, like `switchCount`).
+    public var jobCount: UInt64 { state.pointee.jobsRun }
 
     /// Timers pending on this core's wheel.
     public var pendingTimers: Int { state.pointee.timers.count }
@@ -177,7 +189,7 @@ public final class Core: TaskExecutor, @unchecked Sendable {
     // MARK: Messages
 
     /// Runs `work` on this core's thread on a later turn of its loop.
-    public func execute(_ work: @escaping @Sendable (Core) -> Void) {
+    @inlinable public func execute(_ work: @escaping @Sendable (Core) -> Void) {
         post(.work(work))
     }
 
@@ -250,6 +262,16 @@ public final class Core: TaskExecutor, @unchecked Sendable {
         if isCurrent { state.pointee.jobs.push(unowned) } else { post(.job(unowned)) }
     }
 
+    /// Lets the runtime confirm that code isolated to this core's actor runs on its thread.
+    public func checkIsolated() {
+        precondition(isCurrent, "Heretic: code isolated to core \(index) is running on another thread")
+    }
+
+    /// An actor whose executor is this core: async code isolated to it (an `isolated`
+    /// parameter, or methods of actors that return `core.actor.unownedExecutor`) runs on this
+    /// loop with no executor hops between awaits of Heretic events.
+    public var actor: CoreActor { coreActor }
+
     /// Starts async work on this core.
     @discardableResult
     public func spawnAsync<R: Sendable>(_ body: @escaping @Sendable () async -> R) -> Task<R, Never> {
@@ -257,16 +279,16 @@ public final class Core: TaskExecutor, @unchecked Sendable {
     }
 
     /// Arms an async timer; `fire` runs on this core when it expires unless cancelled first.
-    func armAsyncTimer(afterMilliseconds ms: UInt64, _ fire: @escaping () -> Void)
-        -> (handle: TimerHandle, entry: Int, id: UInt64) {
+    @usableFromInline func armAsyncTimer(afterMilliseconds ms: UInt64, _ fire: @escaping () -> Void) -> AsyncTimer {
         let (entry, id) = state.pointee.asyncTimers.add(fire)
         let deadline = state.pointee.nowTick &+ (ms == 0 ? 1 : ms)
         let handle = state.pointee.timers.arm(at: deadline, payload: TimerPayload.asyncBit | UInt64(entry))
-        return (handle, entry, id)
+        return AsyncTimer(handle: handle, entry: entry, id: id)
     }
 
     /// Cancels an async timer; returns its callback if it had not fired yet.
-    func cancelAsyncTimer(_ t: (handle: TimerHandle, entry: Int, id: UInt64)) -> (() -> Void)? {
+    @usableFromInline @discardableResult
+    func cancelAsyncTimer(_ t: AsyncTimer) -> (() -> Void)? {
         guard let f = state.pointee.asyncTimers.take(t.entry, id: t.id) else { return nil }
         state.pointee.timers.cancel(t.handle)
         return f
@@ -311,7 +333,8 @@ public final class Core: TaskExecutor, @unchecked Sendable {
 
             var jobs = 0
             while jobs < taskBudget, let job = st.pointee.jobs.pop() {
-                job.runSynchronously(on: asUnownedTaskExecutor())
+                job.runSynchronously(isolatedTo: asUnownedSerialExecutor(),
+                                     taskExecutor: asUnownedTaskExecutor())
                 jobs += 1
             }
             st.pointee.jobsRun &+= UInt64(jobs)
@@ -369,4 +392,11 @@ public final class Core: TaskExecutor, @unchecked Sendable {
         localWork.removeAll()
         pollers.removeAll()
     }
+}
+
+/// The actor of one core (see `Core.actor`).
+public actor CoreActor {
+    public nonisolated let core: Core
+    init(core: Core) { self.core = core }
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { core.asUnownedSerialExecutor() }
 }

@@ -36,32 +36,36 @@
 
 /// A FIFO of unowned async jobs, growing by doubling.
 struct JobQueue {
-    private var buffer = [UnownedJob?](repeating: nil, count: 256)
+    private var buffer = UnsafeMutablePointer<UnownedJob>.allocate(capacity: 256)
+    private var mask = 255
     private var head = 0
     private var tail = 0
 
     var count: Int { tail - head }
 
     mutating func push(_ job: UnownedJob) {
-        if tail - head == buffer.count {
-            var bigger = [UnownedJob?](repeating: nil, count: buffer.count * 2)
-            for i in 0..<buffer.count { bigger[i] = buffer[(head + i) % buffer.count] }
-            tail = buffer.count
-            head = 0
+        if tail - head > mask {
+            let size = mask + 1
+            let bigger = UnsafeMutablePointer<UnownedJob>.allocate(capacity: size * 2)
+            for i in 0..<size { (bigger + i).initialize(to: buffer[(head + i) & mask]) }
+            buffer.deallocate()
             buffer = bigger
+            head = 0
+            tail = size
+            mask = size * 2 - 1
         }
-        buffer[tail % buffer.count] = job
-        tail += 1
+        (buffer + (tail & mask)).initialize(to: job)
+        tail &+= 1
     }
 
     mutating func pop() -> UnownedJob? {
         if head == tail { return nil }
-        let i = head % buffer.count
-        let job = buffer[i]
-        buffer[i] = nil
-        head += 1
+        let job = buffer[head & mask]
+        head &+= 1
         return job
     }
+
+    func release() { buffer.deallocate() }
 }
 
 /// The callbacks of async sleeps and timed waits, indexed from timer payloads.

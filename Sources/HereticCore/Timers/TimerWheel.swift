@@ -7,8 +7,9 @@ public struct TimerHandle: Hashable, Sendable {
 
 /// A hierarchical timing wheel with one-tick resolution (the core uses one millisecond).
 ///
-/// Level 0 has 256 slots of one tick; levels 1 to 5 have 64 slots each, every level 64 times
-/// coarser than the one below, so the wheel spans 2^38 ticks (8.7 years of milliseconds).
+/// Level 0 has 4096 slots of one tick (4 s of milliseconds, so common timeouts and periods
+/// never cascade); levels 1 to 5 have 64 slots each, every level 64 times coarser than the one
+/// below, so the wheel spans 2^42 ticks (139 years of milliseconds).
 /// Timers further out are parked in the top level and re-placed when it cascades.
 /// Arming and cancelling are O(1): nodes live in struct-of-arrays storage addressed by index,
 /// each slot is a circular doubly-linked list through a sentinel node, and nothing is
@@ -18,7 +19,7 @@ public struct TimerHandle: Hashable, Sendable {
 /// behind a pointer with no reference counting or exclusivity checks on the hot path; call
 /// `release()` exactly once when done.
 public struct TimerWheel {
-    static let level0Bits = 8
+    static let level0Bits = 12
     static let levelBits = 6
     static let levels = 6
     static let level0Slots = 1 << level0Bits
@@ -161,7 +162,7 @@ public struct TimerWheel {
         if delta < UInt64(Self.level0Slots) {
             sentinel = Int(when & UInt64(Self.level0Slots - 1))
         } else {
-            // Level l (1...5) holds deltas below 2^(8 + 6l); its slot is picked by the
+            // Level l (1...5) holds deltas below 2^(12 + 6l); its slot is picked by the
             // deadline's bits just above those of the level below.
             var level = 1
             while level < Self.levels - 1,
