@@ -13,7 +13,7 @@ public struct BenchResult: Sendable {
             }
         }
 
-        var human: String {
+        public var human: String {
             switch self {
             case .int(let v): return groupDigits(String(v))
             case .uint(let v): return groupDigits(String(v))

@@ -36,7 +36,8 @@ public struct Suspension: Sendable {
         self.milliseconds = milliseconds
     }
 
-    /// Run again on a later turn of the loop, after other ready work.
+    /// Run again on a later turn of the loop, after the other pools, timers and mailboxes
+    /// have had their turn.
     public static let yield = Suspension(kind: .yield)
     /// Finish: the task's storage is released and its slot reused.
     public static let exit = Suspension(kind: .exit)

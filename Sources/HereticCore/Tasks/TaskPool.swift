@@ -89,7 +89,7 @@ public final class TaskPool<Task: StacklessTask> {
     public func runReady(budget: Int) -> Int {
         let st = state
         var ran = 0
-        while ran < budget, let slot = st.pointee.ready.pop() {
+        batch: while ran < budget, let slot = st.pointee.ready.pop() {
             let base = st.pointee.address(slot)
             let h = st.pointee.header(base)
             h.pointee.status = .running
@@ -110,8 +110,11 @@ public final class TaskPool<Task: StacklessTask> {
                 h.pointee.status = .sleeping
                 armTimer(slot, h, s.milliseconds)
             case .yield:
+                // Yielding ends this pool's batch, so other pools, timers and mailboxes run
+                // before the task does again.
                 h.pointee.status = .ready
                 st.pointee.ready.push(slot)
+                break batch
             case .exit:
                 base.assumingMemoryBound(to: Task.self).deinitialize(count: 1)
                 let watched = h.pointee.flags & SlotHeader.exitWatched != 0

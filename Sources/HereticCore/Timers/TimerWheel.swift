@@ -40,6 +40,9 @@ public struct TimerWheel {
     public private(set) var currentTick: UInt64
     /// Timers armed and not yet fired or cancelled.
     public private(set) var count: Int
+    /// A lower bound on the next tick at which a timer fires or a non-empty slot cascades.
+    /// Arming lowers it; firing recomputes it; cancelling leaves it a valid (early) bound.
+    var nextHint: UInt64 = .max
 
     public init(startTick: UInt64 = 0, initialCapacity: Int = 1024) {
         let cap = Swift.max(initialCapacity, 16) + Self.sentinelCount
@@ -159,8 +162,12 @@ public struct TimerWheel {
             when = currentTick + delta
         }
         let sentinel: Int
+        // The tick at which this slot is next looked at: the deadline itself in level 0, the
+        // slot's cascade (the deadline with the level's lower bits cleared) above it.
+        let reached: UInt64
         if delta < UInt64(Self.level0Slots) {
             sentinel = Int(when & UInt64(Self.level0Slots - 1))
+            reached = when
         } else {
             // Level l (1...5) holds deltas below 2^(12 + 6l); its slot is picked by the
             // deadline's bits just above those of the level below.
@@ -172,7 +179,9 @@ public struct TimerWheel {
             let shift = UInt64(Self.level0Bits + (level - 1) * Self.levelBits)
             let slot = Int((when >> shift) & UInt64(Self.levelSlots - 1))
             sentinel = Self.level0Slots + (level - 1) * Self.levelSlots + slot
+            reached = (when >> shift) << shift
         }
+        if reached < nextHint { nextHint = reached }
         // Append before the sentinel (at the tail) so same-slot timers keep arming order.
         let tail = prev[sentinel]
         next[Int(node)] = UInt32(sentinel)
@@ -195,28 +204,56 @@ public struct TimerWheel {
         return slot
     }
 
-    /// The earliest tick at which something may fire: exact within level 0's horizon, else
-    /// the next cascade point. `nil` when no timer is pending.
+    /// The next tick at which a timer fires or a non-empty upper slot cascades; `nil` when no
+    /// timer is pending. Exact for level 0; a cascade tick is a lower bound for the timers it
+    /// brings down.
     public func nextEventTick() -> UInt64? {
         if count == 0 { return nil }
         let mask = UInt64(Self.level0Slots - 1)
+        var best = UInt64.max
+        // Level 0 holds every timer due within the next 4096 ticks, one slot per tick.
         var t = currentTick
-        let end = (currentTick | mask) + 1
+        let end = currentTick + UInt64(Self.level0Slots)
         while t < end {
             let s = Int(t & mask)
-            if next[s] != UInt32(s) { return t }
+            if next[s] != UInt32(s) { best = t; break }
             t += 1
         }
-        return end
+        // Level l cascades slot (t >> shift) & 63 at every tick t that is a multiple of 2^shift.
+        for level in 1..<Self.levels {
+            let shift = UInt64(Self.level0Bits + (level - 1) * Self.levelBits)
+            let step = UInt64(1) << shift
+            var at = (currentTick + step - 1) & ~(step - 1)
+            if at >= best { break }  // higher levels cascade no earlier than this one
+            let base = Self.level0Slots + (level - 1) * Self.levelSlots
+            for _ in 0..<Self.levelSlots {
+                if at >= best { break }
+                let slot = base + Int((at >> shift) & UInt64(Self.levelSlots - 1))
+                if next[slot] != UInt32(slot) { best = at; break }
+                at += step
+            }
+        }
+        return best
     }
 
     /// Processes every tick up to and including `tick`, appending the payload of each timer
     /// that expires to `expired`, in deadline order (arming order within one tick).
     /// The caller acts on them afterwards, when it is free to arm and cancel timers again.
+    /// Stretches with nothing to fire or cascade are skipped in one step, so the cost follows
+    /// the timers, not the time elapsed.
     public mutating func advance(to tick: UInt64, into expired: inout [UInt64]) {
         while currentTick <= tick {
-            if count == 0 { currentTick = tick + 1; return }
+            if count == 0 {
+                currentTick = tick + 1
+                nextHint = .max
+                return
+            }
+            if nextHint > currentTick {
+                if nextHint > tick { currentTick = tick + 1; return }
+                currentTick = nextHint
+            }
             advanceOneTick(into: &expired)
+            nextHint = nextEventTick() ?? .max
         }
     }
 

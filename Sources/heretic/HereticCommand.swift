@@ -1,0 +1,182 @@
+import ArgumentParser
+import HereticBench
+import HereticCore
+
+@main
+struct Heretic: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "heretic",
+        abstract: "A hosted operating system for massive concurrency.",
+        subcommands: [Bench.self]
+    )
+}
+
+/// Options every benchmark shares.
+struct OutputOptions: ParsableArguments {
+    @Flag(help: "Print one JSON object per result line instead of a table.")
+    var json = false
+}
+
+/// Prints results and turns a failed self-check into a non-zero exit.
+func report(_ results: [BenchResult], _ output: OutputOptions) throws {
+    for (i, r) in results.enumerated() {
+        if output.json {
+            print(r.json)
+        } else {
+            if i > 0 { print("") }
+            print(r.table)
+        }
+    }
+    if let bad = results.first(where: { !$0.verified }) {
+        throw ValidationError("benchmark '\(bad["bench"]?.human ?? "?")' failed its own verification")
+    }
+}
+
+func positive(_ value: Int, _ name: String) throws {
+    if value < 1 { throw ValidationError("\(name) must be at least 1") }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Reproduce the brief's workloads on this machine.",
+        discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self],
+        defaultSubcommand: Suite.self
+    )
+
+    struct Suite: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "all", abstract: "Short versions of every benchmark, one table beside the brief.")
+        @OptionGroup var output: OutputOptions
+
+        func run() throws {
+            let cpus = Runtime.availableCPUs
+            var results: [BenchResult] = []
+            results.append(try EventsBenchmark(tasks: 10_000_000, cores: 1, seconds: 3).run())
+            if cpus > 1 {
+                results.append(try EventsBenchmark(tasks: 10_000_000, cores: cpus, seconds: 3).run())
+            }
+            results.append(try SleepBenchmark(tasks: 1_000_000, periodMilliseconds: 1000, seconds: 4).run())
+            results.append(try AsyncEventsBenchmark(tasks: 10_000, seconds: 2).run())
+            if output.json {
+                try report(results, output)
+                return
+            }
+            printSummary(results)
+            if let bad = results.first(where: { !$0.verified }) {
+                throw ValidationError("benchmark '\(bad["bench"]?.human ?? "?")' failed its own verification")
+            }
+        }
+    }
+
+    struct Events: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Pass the flower: a ring of stackless tasks, each waking the next through its event.")
+        @Option(help: "Tasks per ring.") var tasks = 10_000_000
+        @Option(help: "Cores, one ring each.") var cores = 1
+        @Option(help: "How long the flower circulates.") var seconds = 5.0
+        @Flag(help: "Print switches per second every two seconds while running.") var progress = false
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if tasks < 2 { throw ValidationError("--tasks must be at least 2 (a ring)") }
+            try positive(cores, "--cores")
+            if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
+        }
+
+        func run() throws {
+            var b = EventsBenchmark(tasks: tasks, cores: cores, seconds: seconds)
+            b.progress = progress && !output.json
+            try report([try b.run()], output)
+        }
+    }
+
+    struct Sleep: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Concurrent sleep: every task loops sleep(period); counter += 1.")
+        @Option(help: "Sleeping tasks in all.") var tasks = 10_000_000
+        @Option(name: .customLong("period-ms"), help: "Sleep length in milliseconds.") var periodMs = 2000
+        @Option(help: "Total run time: one period creating the tasks, the rest measured (default: one period plus three).")
+        var seconds: Double?
+        @Option(help: "Cores to spread the tasks over (default: all).") var cores = Runtime.availableCPUs
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            try positive(tasks, "--tasks")
+            if periodMs < 10 { throw ValidationError("--period-ms must be at least 10") }
+            try positive(cores, "--cores")
+            if let s = seconds, !(s > Double(periodMs) / 1000 + 0.5) {
+                throw ValidationError("--seconds must exceed the period by at least 0.5 s")
+            }
+        }
+
+        func run() throws {
+            try report([try SleepBenchmark(tasks: tasks, periodMilliseconds: periodMs,
+                                           seconds: seconds, cores: cores).run()], output)
+        }
+    }
+
+    struct AsyncEvents: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "async-events",
+            abstract: "The flower ring as Swift async tasks: a Heretic core executor versus Swift's global executor.")
+        @Option(help: "Async tasks in the ring.") var tasks = 10_000
+        @Option(help: "Seconds per executor.") var seconds = 3.0
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if tasks < 2 { throw ValidationError("--tasks must be at least 2 (a ring)") }
+            if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
+        }
+
+        func run() throws {
+            try report([try AsyncEventsBenchmark(tasks: tasks, seconds: seconds).run()], output)
+        }
+    }
+}
+
+/// The suite's table: what this machine measured beside what the original claimed.
+func printSummary(_ results: [BenchResult]) {
+    func value(_ bench: String, _ key: String, cores: Int? = nil) -> Double? {
+        results.first {
+            $0["bench"]?.human == bench && (cores == nil || $0["cores"]?.asDouble == Double(cores!))
+        }?[key]?.asDouble
+    }
+    var rows: [(String, String, String)] = [("measure", "Heretic (this machine)", "original (brief)")]
+    if let v = value("events", "per_core_switches_per_sec", cores: 1) {
+        rows.append(("thread switches / s / core (1 core, 10 M tasks)", humanRate(v), "80 M"))
+    }
+    let cpus = Runtime.availableCPUs
+    if cpus > 1, let v = value("events", "switches_per_sec", cores: cpus) {
+        rows.append(("thread switches / s, \(cpus) cores (10 M tasks each)", humanRate(v), "80 M per core"))
+    }
+    if let v = value("events", "bytes_per_task", cores: 1) {
+        rows.append(("bytes per stackless task (RSS)", formatFixed(v, digits: 1), "about 40 (100 M in 4 GB)"))
+    }
+    if let v = value("sleep", "completions_per_sec"), let ideal = value("sleep", "ideal_per_sec") {
+        rows.append(("sleep wake-ups / s (1 M tasks, 1 s period)",
+                     humanRate(v) + " (" + formatFixed(100 * v / ideal, digits: 1) + " % of ideal)",
+                     "50 M tasks at 10 s: 5 M/s"))
+    }
+    if let p99 = value("sleep", "lateness_p99_ms") {
+        rows.append(("sleep lateness p99", formatFixed(p99, digits: 2) + " ms", "not published"))
+    }
+    if let h = value("async-events", "heretic_switches_per_sec"),
+       let g = value("async-events", "global_switches_per_sec") {
+        rows.append(("async ring hops / s (10 K tasks), Heretic core", humanRate(h), "n/a (C++)"))
+        rows.append(("same ring on Swift's global executor", humanRate(g) + " (Heretic " +
+                     formatFixed(h / g, digits: 1) + "x)", ""))
+    }
+    rows.append(("Linux native thread switches / s (brief's baseline)", "", "about 130 K"))
+    let w0 = rows.map(\.0.count).max()!, w1 = rows.map(\.1.count).max()!
+    for (i, r) in rows.enumerated() {
+        print(r.0.padding(w0) + "  " + r.1.padding(w1) + "  " + r.2)
+        if i == 0 { print(String(repeating: "-", count: w0 + w1 + 4 + rows.map(\.2.count).max()!)) }
+    }
+    let ok = results.allSatisfy(\.verified)
+    print("\nself-checks (checksums, counts): " + (ok ? "all passed" : "FAILED"))
+}
+
+extension String {
+    func padding(_ width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
+}
