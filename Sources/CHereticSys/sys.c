@@ -103,6 +103,28 @@ uint64_t heretic_rss_bytes(void) {
 
 #define HUGE_ALIGN ((size_t)2 << 20)
 
+double heretic_cpu_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double heretic_steal_seconds(void) {
+    int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buffer[512];
+    ssize_t n = read(fd, buffer, sizeof(buffer) - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buffer[n] = 0;
+    /* "cpu  user nice system idle iowait irq softirq steal ..." */
+    char *cursor = buffer + 3;
+    unsigned long long field = 0;
+    for (int i = 0; i < 8; i++) field = strtoull(cursor, &cursor, 10);
+    long hz = sysconf(_SC_CLK_TCK);
+    return hz > 0 ? (double)field / (double)hz : 0;
+}
+
 void *heretic_arena_map(size_t bytes, int huge) {
     int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
     if (!huge) {

@@ -102,6 +102,8 @@ public struct SleepBenchmark {
     public var periodMilliseconds: Int
     public var seconds: Double
     public var cores: Int
+    /// Idle cores poll for timers due within this many microseconds instead of blocking.
+    public var idleSpinMicroseconds = 0
 
     public init(tasks: Int, periodMilliseconds: Int, seconds: Double? = nil, cores: Int = Runtime.availableCPUs) {
         self.tasks = tasks
@@ -124,9 +126,13 @@ public struct SleepBenchmark {
         guard window >= 0.5 else {
             throw BenchError("--seconds must exceed the period by at least 0.5 s (one period creates the tasks)")
         }
-        let runtime = try Runtime(cores: cores)
+        let runtime = try Runtime(cores: cores, idleSpinMicroseconds: idleSpinMicroseconds)
         defer { runtime.shutdown() }
-        let steps = min(100, periodMilliseconds / 10)
+        let cpuBefore = ProcessStats.cpuSeconds()
+        let stealBefore = ProcessStats.stealSeconds()
+        // One creation step per millisecond of the period: every tick of the wheel then has
+        // its share of wake-ups, instead of bursts with idle gaps between them.
+        let steps = periodMilliseconds
         let controls = (0..<cores).map { c in
             SleepControl(tasks: tasks / cores + (c < tasks % cores ? 1 : 0),
                          periodMilliseconds: periodMilliseconds, steps: steps, windowSeconds: window)
@@ -141,6 +147,9 @@ public struct SleepBenchmark {
         for c in controls { c.created.wait() }
         let rssAfter = ProcessStats.residentBytes()
         for c in controls { c.done.wait() }
+        let cpuUsed = ProcessStats.cpuSeconds() - cpuBefore
+        // Time the hypervisor took from this machine's CPUs meanwhile: it shows up as lateness.
+        let stealPercent = 100 * (ProcessStats.stealSeconds() - stealBefore) / seconds / Double(Runtime.availableCPUs)
 
         var completions = 0.0
         var lateness = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000,
@@ -165,6 +174,9 @@ public struct SleepBenchmark {
         r.add("lateness_max_ms", Double(lateness.max) / 1000)
         r.add("bytes_per_task", Double(rssAfter &- rssBefore) / Double(tasks))
         r.add("rss_bytes", rssAfter)
+        r.add("idle_spin_us", idleSpinMicroseconds)
+        r.add("cpu_percent", 100 * cpuUsed / seconds / Double(cores))
+        r.add("steal_percent", stealPercent)
         return r
     }
 }

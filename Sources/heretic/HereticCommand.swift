@@ -99,20 +99,25 @@ struct Bench: ParsableCommand {
         @Option(help: "Total run time: one period creating the tasks, the rest measured (default: one period plus three).")
         var seconds: Double?
         @Option(help: "Cores to spread the tasks over (default: all).") var cores = Runtime.availableCPUs
+        @Option(name: .customLong("spin-us"),
+                help: "Idle cores poll for timers due within this many microseconds instead of blocking (0: always block).")
+        var spinMicroseconds = 0
         @OptionGroup var output: OutputOptions
 
         func validate() throws {
             try positive(tasks, "--tasks")
             if periodMs < 10 { throw ValidationError("--period-ms must be at least 10") }
             try positive(cores, "--cores")
+            if spinMicroseconds < 0 { throw ValidationError("--spin-us must not be negative") }
             if let s = seconds, !(s > Double(periodMs) / 1000 + 0.5) {
                 throw ValidationError("--seconds must exceed the period by at least 0.5 s")
             }
         }
 
         func run() throws {
-            try report([try SleepBenchmark(tasks: tasks, periodMilliseconds: periodMs,
-                                           seconds: seconds, cores: cores).run()], output)
+            var b = SleepBenchmark(tasks: tasks, periodMilliseconds: periodMs, seconds: seconds, cores: cores)
+            b.idleSpinMicroseconds = spinMicroseconds
+            try report([try b.run()], output)
         }
     }
 

@@ -66,6 +66,23 @@ struct ExecutorTests {
         #expect(results == ["delivered", "alreadySet", "1"])
     }
 
+    @Test("an async sleep and an async timeout never end early")
+    func neverEarly() async throws {
+        let runtime = try Runtime(cores: 1, pinThreads: false)
+        defer { runtime.shutdown() }
+        let core = runtime.core(0)
+        let event = AsyncEvent<Int>(on: core)
+        let (slept, waited) = await core.spawnAsync { () -> (UInt64, UInt64) in
+            let t0 = MonotonicClock.nanoseconds()
+            try? await Core.sleep(milliseconds: 3)
+            let t1 = MonotonicClock.nanoseconds()
+            _ = try? await event.wait(timeoutMilliseconds: 3)
+            return (t1 - t0, MonotonicClock.nanoseconds() - t1)
+        }.value
+        #expect(slept >= 3_000_000)
+        #expect(waited >= 3_000_000)
+    }
+
     @Test("an async wait times out on the core's timer wheel")
     func asyncTimeout() async throws {
         let runtime = try Runtime(cores: 1, pinThreads: false)

@@ -50,6 +50,23 @@ struct Sleeper: StacklessTask {
     }
 }
 
+/// Sleeps once and records how long the sleep really took, in nanoseconds.
+struct TimedSleeper: StacklessTask {
+    let milliseconds: Int
+    let log: Log
+    var started: UInt64 = 0
+
+    mutating func resume(_ ctx: inout TaskContext<TimedSleeper>) -> Suspension {
+        if started == 0 {
+            started = MonotonicClock.nanoseconds()
+            return .sleep(milliseconds: milliseconds)
+        }
+        log.entries.append(String(MonotonicClock.nanoseconds() - started))
+        log.done.open()
+        return .exit
+    }
+}
+
 struct Quick: StacklessTask {
     mutating func resume(_ ctx: inout TaskContext<Quick>) -> Suspension { .exit }
 }
@@ -179,6 +196,22 @@ struct TaskTests {
             exited.wait()
         }
         #expect(log.entries == ["woke"])
+    }
+
+    @Test("a sleep never ends before its time, however the tick boundaries fall",
+          arguments: [0, 1, 2, 7])
+    func sleepIsNeverShort(milliseconds: Int) throws {
+        for _ in 0..<5 {
+            let log = Log()
+            try withRuntime { rt in
+                try rt.execute(on: 0) { core in
+                    core.makePool(of: TimedSleeper.self).spawn(TimedSleeper(milliseconds: milliseconds, log: log))
+                }
+                log.done.wait()
+            }
+            let elapsed = UInt64(log.entries[0])!
+            #expect(elapsed >= UInt64(milliseconds) * 1_000_000)
+        }
     }
 
     @Test("async code can join a stackless task")

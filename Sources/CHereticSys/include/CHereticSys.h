@@ -34,6 +34,11 @@ void heretic_close(int fd);
 /// Resident set size of this process in bytes, read from /proc/self/statm (0 if unreadable).
 uint64_t heretic_rss_bytes(void);
 
+/// CPU time used by this process (user + system), in seconds.
+double heretic_cpu_seconds(void);
+/// Steal time of all CPUs since boot from /proc/stat, in seconds (0 if unavailable).
+double heretic_steal_seconds(void);
+
 /// Anonymous memory for arenas: reserved lazily (pages cost nothing until touched),
 /// with transparent huge pages requested when `huge` is non-zero. NULL on failure.
 void *heretic_arena_map(size_t bytes, int huge);

@@ -42,8 +42,11 @@ public final class Runtime: @unchecked Sendable {
     public static var availableCPUs: Int { Int(heretic_available_cpus()) }
 
     /// Creates and starts `cores` reactors (default: one per available CPU), pinning core i
-    /// to CPU i modulo the CPU count when `pinThreads` is true.
-    public init(cores count: Int = Runtime.availableCPUs, pinThreads: Bool = true) throws(HereticError) {
+    /// to CPU i modulo the CPU count when `pinThreads` is true. An idle core busy-polls for up
+    /// to `idleSpinMicroseconds` when a timer is due that soon, instead of blocking (see
+    /// `Core.idleSpinNanoseconds`); 0, the default, always blocks.
+    public init(cores count: Int = Runtime.availableCPUs, pinThreads: Bool = true,
+                idleSpinMicroseconds: Int = 0) throws(HereticError) {
         guard count >= 1, count <= 4096 else {
             throw .invalidArgument("a runtime needs between 1 and 4096 cores, not \(count)")
         }
@@ -52,7 +55,7 @@ public final class Runtime: @unchecked Sendable {
         var made: [Core] = []
         for i in 0..<count {
             made.append(try Core(index: i, runtime: self, cpu: pinThreads ? i % cpus : nil,
-                                 epochNanoseconds: epoch))
+                                 epochNanoseconds: epoch, idleSpinMicroseconds: idleSpinMicroseconds))
         }
         for c in made {
             c.inbound = (0..<count).map { _ in SPSCRing<CoreMessage>(capacity: 4096) }

@@ -25,3 +25,11 @@ public final class Latch: @unchecked Sendable {
     }
     public var isOpen: Bool { heretic_latch_is_open(raw) != 0 }
 }
+
+extension ProcessStats {
+    /// CPU time (user plus system) this process has used, in seconds.
+    public static func cpuSeconds() -> Double { heretic_cpu_seconds() }
+    /// CPU time the hypervisor has stolen from this machine since boot, in seconds (0 on bare
+    /// metal or when /proc/stat is unreadable).
+    public static func stealSeconds() -> Double { heretic_steal_seconds() }
+}

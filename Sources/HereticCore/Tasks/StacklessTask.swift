@@ -42,7 +42,8 @@ public struct Suspension: Sendable {
     /// Finish: the task's storage is released and its slot reused.
     public static let exit = Suspension(kind: .exit)
 
-    /// Sleep for `milliseconds` (0 behaves like a yield through the timer wheel's next tick).
+    /// Sleep for at least `milliseconds` (the core's clock has one-millisecond ticks, so the
+    /// wake-up comes up to one tick later; 0 waits for the next tick).
     @inlinable public static func sleep(milliseconds: Int) -> Suspension {
         precondition(milliseconds >= 0, "Heretic: negative sleep")
         return Suspension(kind: .sleep, milliseconds: UInt64(milliseconds))

@@ -42,7 +42,7 @@ public struct TimerWheel {
     public private(set) var count: Int
     /// A lower bound on the next tick at which a timer fires or a non-empty slot cascades.
     /// Arming lowers it; firing recomputes it; cancelling leaves it a valid (early) bound.
-    var nextHint: UInt64 = .max
+    public internal(set) var nextHint: UInt64 = .max
 
     public init(startTick: UInt64 = 0, initialCapacity: Int = 1024) {
         let cap = Swift.max(initialCapacity, 16) + Self.sentinelCount
