@@ -87,14 +87,20 @@ int heretic_eventfd_wait(int fd, int timeout_ms) {
 
 void heretic_close(int fd) { close(fd); }
 
-uint64_t heretic_rss_bytes(void) {
-    int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+/* Reads a small /proc file into `buffer` as a C string; returns 0 when unreadable. */
+static int read_proc_file(const char *path, char *buffer, size_t size) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return 0;
-    char buffer[128];
-    ssize_t n = read(fd, buffer, sizeof(buffer) - 1);
+    ssize_t n = read(fd, buffer, size - 1);
     close(fd);
     if (n <= 0) return 0;
     buffer[n] = 0;
+    return 1;
+}
+
+uint64_t heretic_rss_bytes(void) {
+    char buffer[128];
+    if (!read_proc_file("/proc/self/statm", buffer, sizeof(buffer))) return 0;
     char *cursor = buffer;
     strtoull(cursor, &cursor, 10);               /* total program size */
     unsigned long long resident = strtoull(cursor, NULL, 10);
@@ -110,13 +116,8 @@ double heretic_cpu_seconds(void) {
 }
 
 double heretic_steal_seconds(void) {
-    int fd = open("/proc/stat", O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
     char buffer[512];
-    ssize_t n = read(fd, buffer, sizeof(buffer) - 1);
-    close(fd);
-    if (n <= 0) return 0;
-    buffer[n] = 0;
+    if (!read_proc_file("/proc/stat", buffer, sizeof(buffer))) return 0;
     /* "cpu  user nice system idle iowait irq softirq steal ..." */
     char *cursor = buffer + 3;
     unsigned long long field = 0;

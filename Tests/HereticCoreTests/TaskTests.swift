@@ -245,6 +245,22 @@ struct TaskTests {
         #expect(highWater <= 2000, "slots in use at once stay near one batch")
     }
 
+    @Test("removing a pool counts as exit for anyone joining its tasks")
+    func removeReleasesJoiners() throws {
+        let log = Log()
+        let released = Latch()
+        try withRuntime { rt in
+            try rt.execute(on: 0) { core in
+                let pool = core.makePool(of: Waiter.self)
+                let h = pool.spawn(Waiter(log: log, timeout: nil))
+                _ = core.whenExited(h.id) { released.open() }
+                core.removePool(pool)
+            }
+            released.wait()
+        }
+        #expect(log.entries.isEmpty, "the task itself never ran again")
+    }
+
     @Test("a stale handle no longer reaches the task; a new task gets a new generation")
     func generations() throws {
         let log = Log()

@@ -166,12 +166,14 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
             return pool.pointee.deliver(slot: ref.task.slot, generation: ref.task.generation,
                                         offset: Int(ref.offset), value: value)
         }
-        runtime.core(Int(ref.task.core)).post(.work { core in _ = core.set(ref, value) })
+        let target = Int(ref.task.core)
+        guard target < runtime.cores.count else { return .gone }  // a reference from elsewhere
+        runtime.core(target).post(.work { core in _ = core.set(ref, value) })
         return .posted
     }
 
-    /// Runs `body` once the task exits (at once, returning false, if it already has).
-    /// Call on the task's core.
+    /// Runs `body` once the task exits, or is destroyed with its pool or the runtime (at
+    /// once, returning false, if it is already gone). Call on the task's core.
     @discardableResult
     public func whenExited(_ id: TaskID, _ body: @escaping () -> Void) -> Bool {
         checkThread("whenExited")

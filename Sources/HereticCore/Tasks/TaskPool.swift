@@ -189,9 +189,13 @@ public final class TaskPool<Task: StacklessTask> {
             }
             base.assumingMemoryBound(to: Task.self).deinitialize(count: 1)
         }
+        // Tasks destroyed here have exited as far as anyone joining them is concerned.
+        let watchers = st.pointee.exitWatchers
+        st.pointee.exitWatchers = [:]
         st.pointee.release()
         st.deinitialize(count: 1)
         st.deallocate()
+        for (_, list) in watchers { for w in list { w() } }
     }
 }
 
