@@ -38,17 +38,23 @@ struct SleepDriver: StacklessTask {
     var phase = Phase.creating
     var step = 0
 
+    var startTick: UInt64 = 0
+
     mutating func resume(_ ctx: inout TaskContext<SleepDriver>) -> Suspension {
         let c = control
         switch phase {
         case .creating:
-            if step == 0 { c.pool = ctx.core.makePool(of: Sleeper.self) }
+            if step == 0 {
+                c.pool = ctx.core.makePool(of: Sleeper.self)
+                startTick = ctx.nowMilliseconds
+            }
             if step < c.steps {
                 let count = c.tasks / c.steps + (step < c.tasks % c.steps ? 1 : 0)
                 let pool = c.pool!
                 for _ in 0..<count { pool.spawn(Sleeper(stats: c.stats)) }
                 step += 1
-                return .sleep(milliseconds: c.periodMilliseconds / c.steps)
+                // Steps on absolute ticks, so the first period holds them all evenly.
+                return ctx.sleep(untilMillisecond: startTick + UInt64(step * c.periodMilliseconds / c.steps))
             }
             // Every sleeper exists and the first ones are completing: measure from here.
             c.created.open()
@@ -122,10 +128,14 @@ public struct SleepBenchmark {
         guard tasks >= 1 else { throw BenchError("--tasks must be at least 1") }
         guard periodMilliseconds >= 10 else { throw BenchError("--period-ms must be at least 10") }
         guard cores >= 1 else { throw BenchError("--cores must be at least 1") }
-        let window = seconds - Double(periodMilliseconds) / 1000
+        let period = Double(periodMilliseconds) / 1000
+        var window = seconds - period
         guard window >= 0.5 else {
             throw BenchError("--seconds must exceed the period by at least 0.5 s (one period creates the tasks)")
         }
+        // Measure whole periods when there is time for one: then every task completes the
+        // same number of times in the window however its phase fell.
+        if window >= period { window = (window / period).rounded(.down) * period }
         let runtime = try Runtime(cores: cores, idleSpinMicroseconds: idleSpinMicroseconds)
         defer { runtime.shutdown() }
         let cpuBefore = ProcessStats.cpuSeconds()
@@ -165,6 +175,7 @@ public struct SleepBenchmark {
         r.add("cores", cores)
         r.add("period_ms", periodMilliseconds)
         r.add("seconds", seconds)
+        r.add("window_seconds", window)
         r.add("completions_per_sec", completions.rounded())
         r.add("ideal_per_sec", ideal.rounded())
         r.add("ratio_to_ideal", completions / ideal)

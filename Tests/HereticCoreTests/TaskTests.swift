@@ -67,6 +67,22 @@ struct TimedSleeper: StacklessTask {
     }
 }
 
+/// Wakes on three absolute ticks in a row, logging whether each came on or after its tick.
+struct Metronome: StacklessTask {
+    let log: Log
+    var next: UInt64 = 0
+    var beats = 0
+
+    mutating func resume(_ ctx: inout TaskContext<Metronome>) -> Suspension {
+        let now = ctx.nowMilliseconds
+        if next != 0 { log.entries.append(now >= next ? "on time" : "early") }
+        if beats == 3 { log.done.open(); return .exit }
+        beats += 1
+        next = (next == 0 ? now : next) + 4
+        return ctx.sleep(untilMillisecond: next)
+    }
+}
+
 struct Quick: StacklessTask {
     mutating func resume(_ ctx: inout TaskContext<Quick>) -> Suspension { .exit }
 }
@@ -212,6 +228,16 @@ struct TaskTests {
             let elapsed = UInt64(log.entries[0])!
             #expect(elapsed >= UInt64(milliseconds) * 1_000_000)
         }
+    }
+
+    @Test("sleeping until an absolute tick wakes on or after it, without drift")
+    func sleepUntil() throws {
+        let log = Log()
+        try withRuntime { rt in
+            try rt.execute(on: 0) { core in core.makePool(of: Metronome.self).spawn(Metronome(log: log)) }
+            log.done.wait()
+        }
+        #expect(log.entries == ["on time", "on time", "on time"])
     }
 
     @Test("async code can join a stackless task")

@@ -148,8 +148,12 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     }
 
     @usableFromInline func armTaskTimer(pool: UInt16, slot: UInt32, afterMilliseconds ms: UInt64) -> UInt32 {
-        let deadline = deadlineTick(afterMilliseconds: ms)
-        return state.pointee.timers.arm(at: deadline, payload: TimerPayload.task(pool: pool, slot: slot)).index
+        armTaskTimer(pool: pool, slot: slot, atTick: deadlineTick(afterMilliseconds: ms))
+    }
+
+    @usableFromInline func armTaskTimer(pool: UInt16, slot: UInt32, atTick tick: UInt64) -> UInt32 {
+        // A tick already processed fires on the next one.
+        state.pointee.timers.arm(at: tick, payload: TimerPayload.task(pool: pool, slot: slot)).index
     }
 
     // MARK: Events

@@ -22,12 +22,13 @@ public protocol StacklessTask {
 
 /// How a task suspends when `resume` returns. Build waits with `ctx.wait(...)`.
 public struct Suspension: Sendable {
-    @usableFromInline enum Kind: UInt8, Sendable { case wait, sleep, yield, exit }
+    @usableFromInline enum Kind: UInt8, Sendable { case wait, sleep, sleepUntil, yield, exit }
 
     @usableFromInline let kind: Kind
     /// For waits: the offset of the awaited event's state byte inside the task.
     @usableFromInline let flagOffset: UInt32
-    /// Timeout or sleep length in milliseconds; `UInt64.max` for none.
+    /// Timeout or sleep length in milliseconds (for `sleepUntil`, the absolute tick);
+    /// `UInt64.max` for none.
     @usableFromInline let milliseconds: UInt64
 
     @inlinable init(kind: Kind, flagOffset: UInt32 = 0, milliseconds: UInt64 = .max) {

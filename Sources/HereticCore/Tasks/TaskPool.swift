@@ -109,6 +109,9 @@ public final class TaskPool<Task: StacklessTask> {
             case .sleep:
                 h.pointee.status = .sleeping
                 armTimer(slot, h, s.milliseconds)
+            case .sleepUntil:
+                h.pointee.status = .sleeping
+                h.pointee.timer = core.armTaskTimer(pool: st.pointee.index, slot: slot, atTick: s.milliseconds)
             case .yield:
                 // Yielding ends this pool's batch, so other pools, timers and mailboxes run
                 // before the task does again.
@@ -245,6 +248,13 @@ public struct TaskContext<Task: StacklessTask> {
         return Suspension(kind: .wait,
                           flagOffset: UInt32(MemoryLayout<Task>.offset(of: path)! + Event<V>.stateOffset),
                           milliseconds: UInt64(timeoutMilliseconds))
+    }
+
+    /// Sleep until the core's clock reads `millisecond` (see `nowMilliseconds`); a time
+    /// already past wakes on the next tick. For periodic work without drift: add the period
+    /// to the previous deadline instead of sleeping a period from now.
+    @inlinable public func sleep(untilMillisecond millisecond: UInt64) -> Suspension {
+        Suspension(kind: .sleepUntil, milliseconds: millisecond)
     }
 
     /// Sets an event of a sibling in the same pool by slot (no generation check).
