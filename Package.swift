@@ -13,6 +13,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "HereticCore", targets: ["HereticCore"]),
+        .library(name: "HereticNet", targets: ["HereticNet"]),
         .executable(name: "heretic", targets: ["heretic"]),
     ],
     dependencies: [
@@ -30,6 +31,13 @@ let package = Package(
                 "CHereticSys",
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        // Layer 2: the user-space network stack. Wire/ holds one file per header: typed views
+        // that parse and emit, checking lengths before trusting them, with no state.
+        .target(
+            name: "HereticNet",
+            dependencies: ["HereticCore"],
             swiftSettings: swiftSettings
         ),
         // The brief's workloads, reproduced as self-checking benchmarks.
@@ -51,6 +59,11 @@ let package = Package(
         ),
         .testTarget(name: "HereticCoreTests", dependencies: ["HereticCore"]),
         .testTarget(name: "HereticBenchTests", dependencies: ["HereticBench", "HereticCore"]),
+        .testTarget(
+            name: "HereticNetTests",
+            dependencies: ["HereticNet"],
+            exclude: ["captured-veth.pcap"]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )
