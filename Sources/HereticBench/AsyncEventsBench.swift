@@ -111,13 +111,13 @@ public struct AsyncEventsBenchmark {
         let core = runtime.core(0)
         // Heretic first, then the global executor, each on a fresh ring; alternating twice
         // would double the run time for little: the two differ by far more than run-to-run noise.
-        let jobsBefore = core.jobCount
+        let jobsBefore = try runtime.run(on: 0) { $0.jobCount }
         let actor = core.actor
         let heretic = try leg(events: (0..<tasks).map { _ in AsyncEvent<Flower>(on: core) },
                               isolation: actor) { body in
             Task(executorPreference: core) { await body() }
         }
-        let hereticJobs = core.jobCount - jobsBefore
+        let hereticJobs = try runtime.run(on: 0) { $0.jobCount } - jobsBefore
         let global = try leg(events: (0..<tasks).map { _ in LockedEvent() }, isolation: nil) { body in
             Task.detached { await body() }
         }

@@ -178,6 +178,28 @@ struct MisuseTests {
         }
     }
 
+    @Test("spawning into a removed pool traps")
+    func removedPoolTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let runtime = try! Runtime(cores: 1, pinThreads: false)
+            _ = try! runtime.run(on: 0) { core -> Int in
+                let pool = core.makePool(of: Quick.self)
+                core.removePool(pool)
+                pool.spawn(Quick())
+                return 0
+            }
+        }
+    }
+
+    @Test("removing another core's pool traps")
+    func foreignPoolTraps() async {
+        await #expect(processExitsWith: .failure) {
+            let runtime = try! Runtime(cores: 2, pinThreads: false)
+            let pool = try! runtime.run(on: 0) { core in UncheckedBox(core.makePool(of: Quick.self)) }
+            _ = try! runtime.run(on: 1) { core -> Int in core.removePool(pool.value); return 0 }
+        }
+    }
+
     @Test("setting an inline event twice through the owner traps")
     func doubleSetTraps() async {
         await #expect(processExitsWith: .failure) {

@@ -254,6 +254,18 @@ struct TaskTests {
         await runtime.core(0).join(id)
     }
 
+    @Test("joining from any core waits for the task on its own core")
+    func joinAcrossCores() async throws {
+        let log = Log()
+        let runtime = try Runtime(cores: 2, pinThreads: false)
+        defer { runtime.shutdown() }
+        let id = try runtime.run(on: 1) { core in
+            core.makePool(of: Waiter.self).spawn(Waiter(log: log, timeout: 30)).id
+        }
+        await runtime.core(0).join(id)  // asked of core 0, the task lives on core 1
+        #expect(log.entries == ["timeout"], "join returned only after the task exited")
+    }
+
     @Test("slots are reused: two million spawn/exit cycles stay in a few thousand slots")
     func poolReuse() throws {
         let log = Log()
@@ -285,6 +297,21 @@ struct TaskTests {
             released.wait()
         }
         #expect(log.entries.isEmpty, "the task itself never ran again")
+    }
+
+    @Test("a removed pool answers as empty and its handles as gone")
+    func removedPool() throws {
+        let log = Log()
+        let answers = try withRuntime { rt in
+            try rt.run(on: 0) { core -> [String] in
+                let pool = core.makePool(of: Waiter.self)
+                let h = pool.spawn(Waiter(log: log, timeout: nil))
+                core.removePool(pool)
+                core.removePool(pool)  // twice is harmless
+                return ["\(pool.liveCount)", "\(pool.isAlive(h))", "\(pool.set(slot: h.id.slot, \.inbox, 1))"]
+            }
+        }
+        #expect(answers == ["0", "false", "gone"])
     }
 
     @Test("a stale handle no longer reaches the task; a new task gets a new generation")

@@ -12,45 +12,19 @@ struct SplitMix64: RandomNumberGenerator {
     }
 }
 
-/// The receive path's parsing, as the interface will run it: every layer checked, every
-/// accepted view confined to the bytes received. Returns which layer accepted or refused.
+/// Dissects a frame and checks that whatever was accepted fits in the bytes received.
 func parseAll(_ p: UnsafeMutableRawPointer, _ n: Int, verifyChecksums: Bool) -> String {
-    let end = p + n
-    func inside(_ q: UnsafeMutableRawPointer, _ len: Int) -> Bool { q >= p && len >= 0 && q + len <= end }
-    do {
-        let eth = try EthernetFrame(p, length: n)
-        precondition(inside(eth.payload, eth.payloadLength))
-        switch eth.etherType {
-        case EtherType.arp:
-            _ = try ARPPacket(parsing: eth.payload, length: eth.payloadLength)
-            return "arp"
-        case EtherType.ipv4:
-            let ip = try IPv4Packet(eth.payload, length: eth.payloadLength, verifyChecksum: verifyChecksums)
-            precondition(inside(ip.payload, ip.payloadLength))
-            switch ip.proto {
-            case IPProtocol.tcp:
-                let t = try TCPSegment(ip.payload, length: ip.payloadLength, source: ip.source,
-                                       destination: ip.destination, verifyChecksum: verifyChecksums)
-                precondition(inside(t.payload, t.payloadLength))
-                _ = try t.options()
-                return "tcp"
-            case IPProtocol.udp:
-                let u = try UDPDatagram(ip.payload, length: ip.payloadLength, source: ip.source,
-                                        destination: ip.destination, verifyChecksum: verifyChecksums)
-                precondition(inside(u.data, u.dataLength))
-                return "udp"
-            case IPProtocol.icmp:
-                let m = try ICMPv4Message(ip.payload, length: ip.payloadLength)
-                precondition(inside(m.data, m.dataLength))
-                return "icmp"
-            default:
-                return "other-ip"
-            }
-        default:
-            return "other"
-        }
-    } catch {
-        return "refused"
+    let d = Dissection.dissect(p, length: n, verifyChecksums: verifyChecksums)
+    precondition(d.payloadLength >= 0 && d.payloadLength <= n, "payload beyond the frame: \(d)")
+    _ = d.description
+    switch d {
+    case .arp: return "arp"
+    case .tcp: return "tcp"
+    case .udp: return "udp"
+    case .icmp: return "icmp"
+    case .otherIPv4: return "other-ip"
+    case .otherEtherType: return "other"
+    case .refused: return "refused"
     }
 }
 
@@ -64,6 +38,10 @@ struct WireFuzzTests {
     func baseline() {
         let kinds = Self.frames.map { f in withBytes(f) { parseAll($0, $1, verifyChecksums: true) } }
         #expect(kinds == ["arp", "arp", "icmp", "tcp", "tcp", "tcp", "tcp", "udp", "icmp"])
+        let lines = Self.frames.prefix(4).map { f in withBytes(f) { Dissection.dissect($0, length: $1).description } }
+        #expect(lines == ["ARP who-has 10.77.0.2 tell 10.77.0.1", "ARP 10.77.0.2 is-at 02:00:00:00:00:0b",
+                          "IP 10.77.0.1 > 10.77.0.2: ICMP type 8 code 0, length 20",
+                          "IP 10.77.0.1.52116 > 10.77.0.2.7000: Flags [S], seq 4112928216, ack 0, win 64240, length 0"])
     }
 
     @Test("mutated frames are refused or parsed within bounds, never trusted past their bytes",

@@ -37,8 +37,8 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     private let sleeping = ManagedAtomic<Bool>(false)
     let stopping = ManagedAtomic<Bool>(false)
     /// Mailboxes from each other core, indexed by the sender's index.
-    var inbound: [SPSCRing<CoreMessage>] = []
-    /// Messages from threads that are not cores, or from cores whose mailbox was full.
+    var inbound: [SPSCQueue<CoreMessage>] = []
+    /// Messages from threads that are not cores of this runtime.
     private let injected = Mutex<[CoreMessage]>([])
     private let injectedCount = ManagedAtomic<Int>(0)
     private var localWork: [@Sendable (Core) -> Void] = []
@@ -51,7 +51,8 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     /// and milliseconds on a busy virtual machine; polling costs the CPU. 0 always blocks.
     let idleSpinNanoseconds: UInt64
     var threadHandle: UInt64 = 0
-    private lazy var coreActor = CoreActor(core: self)
+    /// Created at the end of init, before the core is shared, and never written again.
+    private var coreActor: CoreActor!
 
     init(index: Int, runtime: Runtime, cpu: Int?, epochNanoseconds: UInt64,
          idleSpinMicroseconds: Int) throws(HereticError) {
@@ -65,6 +66,7 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
         wakeFD = fd
         state = .allocate(capacity: 1)
         state.initialize(to: CoreState())
+        coreActor = CoreActor(core: self)
     }
 
     deinit {
@@ -130,8 +132,9 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     /// handles into it go stale. Call on the core's thread, outside the pool's own tasks.
     public func removePool<T>(_ pool: TaskPool<T>) {
         checkThread("removePool")
+        precondition(pool.core === self, "Heretic: removePool called on core \(index) for a pool of core \(pool.core.index)")
         let i = Int(pool.index)
-        guard i < state.pointee.pools.count, state.pointee.pools[i] != nil else { return }
+        guard i < state.pointee.pools.count, state.pointee.pools[i] == pool.state else { return }
         state.pointee.runnable.removeAll { $0 == pool.index }
         state.pointee.pools[i] = nil
         state.pointee.runners[i] = nil
@@ -141,10 +144,10 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     }
 
     /// The tick at which a timer of `ms` milliseconds armed now may fire: one tick past
-    /// `now + ms`, because `now` is the current tick rounded down and a sleep or timeout must
-    /// never end early.
+    /// `now + ms`, with `now` read from the clock rather than the turn's cached tick (a turn
+    /// can run for milliseconds), because a sleep or timeout must never end early.
     @usableFromInline func deadlineTick(afterMilliseconds ms: UInt64) -> UInt64 {
-        state.pointee.nowTick &+ ms &+ 1
+        currentTick() &+ ms &+ 1
     }
 
     @usableFromInline func armTaskTimer(pool: UInt16, slot: UInt32, afterMilliseconds ms: UInt64) -> UInt32 {
@@ -196,10 +199,12 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
         for w in watchers { w() }
     }
 
-    /// Waits, from any async context, until the task exits.
+    /// Waits, from any async context, until the task exits (on whichever core it lives).
     public func join(_ id: TaskID) async {
+        guard Int(id.core) < runtime.cores.count else { return }  // not this runtime's task
+        let home = runtime.core(Int(id.core))
         await withUnsafeContinuation { (c: UnsafeContinuation<Void, Never>) in
-            self.post(.work { core in
+            home.post(.work { core in
                 if !core.whenExited(id, { c.resume() }) { c.resume() }
             })
         }
@@ -221,16 +226,17 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
             return
         }
         let sender = Int(heretic_current_core())
-        var pending: CoreMessage? = message
-        if sender >= 0, sender < inbound.count, sender != index,
-           runtime.core(sender).isCurrent {
-            pending = inbound[sender].push(message)
-        }
-        if let m = pending {
-            injected.withLock { $0.append(m) }
+        if sender >= 0, sender < inbound.count, sender != index, runtime.core(sender).isCurrent {
+            inbound[sender].push(message)
+        } else {
+            injected.withLock { $0.append(message) }
             injectedCount.wrappingIncrement(ordering: .releasing)
         }
-        if sleeping.load(ordering: .sequentiallyConsistent) { heretic_eventfd_signal(wakeFD) }
+        // The publication above must be visible before `sleeping` is read, and the idle core
+        // stores `sleeping` before it looks for messages: a full fence on both sides, so at
+        // least one of them sees the other and no wake-up is lost.
+        Atomics.atomicMemoryFence(ordering: AtomicUpdateOrdering.sequentiallyConsistent)
+        if sleeping.load(ordering: .relaxed) { heretic_eventfd_signal(wakeFD) }
     }
 
     private func handle(_ message: CoreMessage) {
@@ -240,10 +246,15 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
         }
     }
 
+    /// Messages taken from one mailbox per turn, so a busy sender cannot starve the loop.
+    static let mailboxBudget = 4096
+
     private func drainMessages() -> Int {
         var n = 0
-        for ring in inbound {
-            while let m = ring.pop() { handle(m); n += 1 }
+        for queue in inbound {
+            var taken = 0
+            while taken < Self.mailboxBudget, let m = queue.pop() { handle(m); taken += 1 }
+            n += taken
         }
         if injectedCount.load(ordering: .acquiring) > 0 {
             let batch = injected.withLock { q -> [CoreMessage] in
@@ -264,7 +275,7 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
 
     private var hasPendingMessages: Bool {
         if !localWork.isEmpty || injectedCount.load(ordering: .acquiring) > 0 { return true }
-        for ring in inbound where !ring.isEmpty { return true }
+        for queue in inbound where !queue.isEmpty { return true }
         return false
     }
 
@@ -315,7 +326,7 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
 
     // MARK: The loop
 
-    func currentTick() -> UInt64 { (heretic_monotonic_ns() &- epochNanoseconds) / 1_000_000 }
+    @usableFromInline func currentTick() -> UInt64 { (heretic_monotonic_ns() &- epochNanoseconds) / 1_000_000 }
 
     func runLoop() {
         heretic_set_current_core(Int32(index))
@@ -382,7 +393,8 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
 
     private func idle(now: UInt64) {
         if idleSpinNanoseconds > 0 && spinUntilWork(now: now) { return }
-        sleeping.store(true, ordering: .sequentiallyConsistent)
+        sleeping.store(true, ordering: .relaxed)
+        Atomics.atomicMemoryFence(ordering: AtomicUpdateOrdering.sequentiallyConsistent)  // pairs with the fence in post
         if hasPendingMessages || !pollers.isEmpty {
             sleeping.store(false, ordering: .relaxed)
             return
@@ -418,8 +430,10 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     func wake() { heretic_eventfd_signal(wakeFD) }
 
     private func teardown() {
-        // Remaining tasks are destroyed without running again; queued jobs are dropped with
-        // the runtime (async tasks still suspended on this core never resume).
+        // Work already posted still runs (a `Runtime.run` racing shutdown gets its answer);
+        // remaining tasks are destroyed without running again; queued async jobs are dropped
+        // with the runtime (async tasks still suspended on this core never resume).
+        while drainMessages() > 0 {}
         for i in 0..<state.pointee.destroyers.count {
             state.pointee.pools[i] = nil
             state.pointee.runners[i] = nil
@@ -436,7 +450,7 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
 
 /// The actor of one core (see `Core.actor`).
 public actor CoreActor {
-    public nonisolated let core: Core
+    public nonisolated unowned let core: Core
     init(core: Core) { self.core = core }
     public nonisolated var unownedExecutor: UnownedSerialExecutor { core.asUnownedSerialExecutor() }
 }

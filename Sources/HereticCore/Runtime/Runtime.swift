@@ -58,7 +58,7 @@ public final class Runtime: @unchecked Sendable {
                                  epochNanoseconds: epoch, idleSpinMicroseconds: idleSpinMicroseconds))
         }
         for c in made {
-            c.inbound = (0..<count).map { _ in SPSCRing<CoreMessage>(capacity: 4096) }
+            c.inbound = (0..<count).map { _ in SPSCQueue<CoreMessage>() }
         }
         cores = made
         try start()

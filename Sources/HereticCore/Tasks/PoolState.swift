@@ -88,6 +88,8 @@ import CHereticSys
     @usableFromInline var live = 0
     @usableFromInline var ready = ReadyQueue()
     @usableFromInline var scheduled = false
+    /// Set when the pool was removed from its core: its arena is gone, its slots dead.
+    @usableFromInline var removed = false
     @usableFromInline let index: UInt16
     @usableFromInline unowned(unsafe) let core: Core
     /// The owning core's hot state, reached without touching the core object.
@@ -201,9 +203,15 @@ import CHereticSys
         }
     }
 
+    /// Frees the arena and queues (once); the struct itself stays valid with `removed` set.
     mutating func release() {
+        guard !removed else { return }
+        removed = true
         for c in 0..<chunkCount { heretic_arena_unmap(chunks[c], chunkBytes) }
         chunks.deallocate()
         ready.release()
+        chunkCount = 0
+        highWater = 0
+        live = 0
     }
 }

@@ -34,14 +34,15 @@ public final class TaskPool<Task: StacklessTask> {
 
     /// The pool's index on its core (part of every `TaskID` it hands out).
     public var index: UInt16 { state.pointee.index }
-    /// Tasks alive in the pool.
-    public var liveCount: Int { state.pointee.live }
+    /// Tasks alive in the pool (0 once it was removed).
+    public var liveCount: Int { state.pointee.removed ? 0 : state.pointee.live }
     /// Tasks ready to run on the next turn.
     public var readyCount: Int { state.pointee.ready.count }
 
     @inlinable func checkThread() {
         precondition(core.isCurrent,
                      "Heretic: TaskPool<\(Task.self)> used from a thread that is not its core \(core.index)")
+        precondition(!state.pointee.removed, "Heretic: TaskPool<\(Task.self)> used after it was removed")
     }
 
     @inlinable func id(_ slot: UInt32, _ generation: UInt32) -> TaskID {
@@ -137,7 +138,8 @@ public final class TaskPool<Task: StacklessTask> {
     /// that wire themselves into fixed topologies (rings, trees) and outlive their peers' use.
     @inlinable @inline(__always) @discardableResult
     public func set<V>(slot: UInt32, _ path: KeyPath<Task, Event<V>>, _ value: V) -> SetResult {
-        state.pointee.deliver(slot: slot, generation: nil,
+        if state.pointee.removed { return .gone }
+        return state.pointee.deliver(slot: slot, generation: nil,
                               offset: MemoryLayout<Task>.offset(of: path)!, value: value)
     }
 
@@ -169,6 +171,7 @@ public final class TaskPool<Task: StacklessTask> {
 
     /// Whether the task behind a handle is still alive.
     public func isAlive(_ handle: TaskHandle<Task>) -> Bool {
+        if state.pointee.removed { return false }
         let slot = handle.id.slot
         guard slot < state.pointee.highWater else { return false }
         let h = state.pointee.header(state.pointee.address(slot))
@@ -196,9 +199,15 @@ public final class TaskPool<Task: StacklessTask> {
         let watchers = st.pointee.exitWatchers
         st.pointee.exitWatchers = [:]
         st.pointee.release()
-        st.deinitialize(count: 1)
-        st.deallocate()
         for (_, list) in watchers { for w in list { w() } }
+    }
+
+    deinit {
+        // The bookkeeping outlives the arena so a stale TaskPool reference fails a check
+        // instead of touching freed memory.
+        if !state.pointee.removed { state.pointee.release() }
+        state.deinitialize(count: 1)
+        state.deallocate()
     }
 }
 
@@ -260,7 +269,8 @@ public struct TaskContext<Task: StacklessTask> {
     /// Sets an event of a sibling in the same pool by slot (no generation check).
     @inlinable @inline(__always) @discardableResult
     public func set<V>(sibling slot: UInt32, _ path: KeyPath<Task, Event<V>>, _ value: V) -> SetResult {
-        pool.pointee.deliver(slot: slot, generation: nil,
+        precondition(slot != self.slot, "Heretic: a task sets its own event with `event.set`, not through ctx")
+        return pool.pointee.deliver(slot: slot, generation: nil,
                              offset: MemoryLayout<Task>.offset(of: path)!, value: value)
     }
 
