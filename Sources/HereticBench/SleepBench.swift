@@ -70,6 +70,11 @@ struct SleepDriver: StacklessTask {
         case .measuring:
             c.stats.pointee.measuring = false
             c.windowEnd = MonotonicClock.nanoseconds()
+            // No sleeper may be lost: each is alive and either waiting on its own timer or
+            // ready to run (this driver, running now, has no timer pending).
+            let pool = c.pool!
+            c.accountedFor = pool.liveCount == c.tasks
+                && ctx.core.pendingTimers + pool.readyCount == c.tasks
             ctx.core.removePool(c.pool!)
             c.pool = nil
             phase = .finished
@@ -90,6 +95,7 @@ final class SleepControl: @unchecked Sendable {
     var pool: TaskPool<Sleeper>?
     var windowStart: UInt64 = 0
     var windowEnd: UInt64 = 0
+    var accountedFor = false
     let created = Latch()
     let done = Latch()
 
@@ -177,11 +183,11 @@ public struct SleepBenchmark {
             lateness.add(c.stats.pointee.lateness)
         }
         let ideal = Double(tasks) * 1000 / Double(periodMilliseconds)
-        // Verified when no sleep ended early and the tasks completed their share: every sleep
-        // lasts at least a period, so more than ideal is impossible, and a lost or stuck task
-        // shows as a shortfall (the 10 % margin covers the one-tick rounding of short periods).
+        // Verified when no sleep ended early, every sleeper is accounted for (alive, with a
+        // timer pending or ready to run) and completions never exceed what whole periods allow.
+        // The rate itself depends on the machine (steal time) and is reported, not judged.
         let ratio = completions / ideal
-        let ok = early == 0 && ratio <= 1.01 && ratio >= 0.9
+        let ok = early == 0 && controls.allSatisfy(\.accountedFor) && completions > 0 && ratio <= 1.01
         var r = BenchResult(bench: "sleep", verified: ok)
         r.add("tasks", tasks)
         r.add("cores", cores)
