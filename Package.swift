@@ -37,7 +37,7 @@ let package = Package(
         // that parse and emit, checking lengths before trusting them, with no state.
         .target(
             name: "HereticNet",
-            dependencies: ["HereticCore"],
+            dependencies: ["HereticCore", "CHereticSys"],
             swiftSettings: swiftSettings
         ),
         // The brief's workloads, reproduced as self-checking benchmarks.

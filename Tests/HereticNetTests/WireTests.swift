@@ -162,7 +162,7 @@ struct WireTests {
         header[10] = 0xB8; header[11] = 0x61
         #expect(header.withUnsafeBytes { InternetChecksum.fold(InternetChecksum.add($0.baseAddress!, count: 20)) } == 0xFFFF)
         // A sum in pieces equals the sum at once, for every split point and odd lengths.
-        var rng = SplitMix64(state: 5)
+        var rng = SplitMix64(seed: 5)
         let bytes = (0..<257).map { _ in UInt8.random(in: 0...255, using: &rng) }
         bytes.withUnsafeBytes { b in
             let p = b.baseAddress!

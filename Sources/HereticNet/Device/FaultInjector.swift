@@ -1,0 +1,113 @@
+/// A deterministic pseudo-random generator (SplitMix64): one seed, one sequence, everywhere.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    /// True with probability `p`.
+    public mutating func chance(_ p: Double) -> Bool {
+        p > 0 && Double(next() >> 11) / Double(1 << 53) < p
+    }
+}
+
+/// Wraps any device and makes its transmit side lossy, from one seed: drops, duplicates,
+/// corrupts, delays and reorders frames. Time is the simulation's: set `now` (milliseconds)
+/// before polling; delayed frames leave when their time comes, in a fixed order, so a seed
+/// reproduces a run exactly.
+public final class FaultInjector: NetworkDevice {
+    public struct Faults: Sendable {
+        public var drop = 0.0
+        public var duplicate = 0.0
+        public var corrupt = 0.0
+        /// Chance that a frame is held back an extra `reorderMilliseconds`, letting later
+        /// frames overtake it.
+        public var reorder = 0.0
+        public var reorderMilliseconds: UInt64 = 5
+        /// Every frame's delay, drawn uniformly from this range.
+        public var delayMilliseconds: ClosedRange<UInt64> = 0...0
+        public init(drop: Double = 0, duplicate: Double = 0, corrupt: Double = 0, reorder: Double = 0,
+                    delayMilliseconds: ClosedRange<UInt64> = 0...0) {
+            self.drop = drop
+            self.duplicate = duplicate
+            self.corrupt = corrupt
+            self.reorder = reorder
+            self.delayMilliseconds = delayMilliseconds
+        }
+    }
+
+    public let inner: NetworkDevice
+    public var faults: Faults
+    public var now: UInt64 = 0
+    private var rng: SplitMix64
+    private var held: [(due: UInt64, order: UInt64, bytes: [UInt8])] = []
+    private var order: UInt64 = 0
+    private var staging: [Packet] = []
+    public private(set) var dropped = 0
+    public private(set) var duplicated = 0
+    public private(set) var corrupted = 0
+    public private(set) var reordered = 0
+
+    public init(_ inner: NetworkDevice, faults: Faults, seed: UInt64) {
+        self.inner = inner
+        self.faults = faults
+        rng = SplitMix64(seed: seed)
+    }
+
+    public var mtu: Int { inner.mtu }
+    /// A lossy link verifies nothing for the stack.
+    public var offloads: DeviceOffloads { [] }
+
+    public func receive(into frames: inout [Packet], limit: Int, pool: PacketPool) -> Int {
+        release(pool: pool)
+        return inner.receive(into: &frames, limit: limit, pool: pool)
+    }
+
+    public func transmit(_ frames: inout [Packet], pool: PacketPool) {
+        for f in frames {
+            defer { pool.release(f) }
+            if rng.chance(faults.drop) { dropped += 1; continue }
+            var bytes = pool.contents(f)
+            if rng.chance(faults.corrupt), !bytes.isEmpty {
+                let at = Int(rng.next() % UInt64(bytes.count))
+                bytes[at] ^= UInt8(1) << UInt8(rng.next() % 8)
+                corrupted += 1
+            }
+            let copies = rng.chance(faults.duplicate) ? 2 : 1
+            if copies == 2 { duplicated += 1 }
+            for _ in 0..<copies {
+                let span = faults.delayMilliseconds.upperBound - faults.delayMilliseconds.lowerBound
+                var due = now + faults.delayMilliseconds.lowerBound + (span == 0 ? 0 : rng.next() % (span + 1))
+                if rng.chance(faults.reorder) { due += faults.reorderMilliseconds; reordered += 1 }
+                held.append((due, order, bytes))
+                order += 1
+            }
+        }
+        frames.removeAll(keepingCapacity: true)
+        release(pool: pool)
+    }
+
+    /// Frames held back and not yet sent.
+    public var inFlight: Int { held.count }
+
+    private func release(pool: PacketPool) {
+        guard !held.isEmpty else { return }
+        held.sort { ($0.due, $0.order) < ($1.due, $1.order) }
+        var n = 0
+        while n < held.count, held[n].due <= now { n += 1 }
+        guard n > 0 else { return }
+        for h in held[0..<n] {
+            if let p = h.bytes.withUnsafeBytes({ pool.copy(from: $0.baseAddress!, length: $0.count) }) {
+                staging.append(p)
+            } else {
+                dropped += 1
+            }
+        }
+        held.removeFirst(n)
+        inner.transmit(&staging, pool: pool)
+    }
+}

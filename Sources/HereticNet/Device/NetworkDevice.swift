@@ -1,0 +1,25 @@
+/// What a device does for the stack in hardware (or, for virtual devices, need not be done).
+public struct DeviceOffloads: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// Received frames have valid IPv4/TCP/UDP/ICMP checksums already (a virtual link that
+    /// never corrupts): the stack skips verifying them.
+    public static let receiveChecksumsVerified = DeviceOffloads(rawValue: 1)
+    /// The device fills in transmit checksums itself.
+    public static let transmitChecksums = DeviceOffloads(rawValue: 2)
+}
+
+/// The one small interface every packet path implements: the in-process virtual switch, a
+/// TAP device, AF_XDP or AF_PACKET rings, and wrappers such as the fault injector and the pcap
+/// writer. Frames are whole Ethernet frames in buffers of the caller's `PacketPool`; batches
+/// amortise the per-call cost.
+public protocol NetworkDevice: AnyObject {
+    /// Largest IP packet the link carries (Ethernet payload), usually 1500.
+    var mtu: Int { get }
+    var offloads: DeviceOffloads { get }
+    /// Appends up to `limit` received frames to `frames`, allocated from `pool`; returns how
+    /// many. Frames the pool has no room for stay in the device or are dropped and counted.
+    func receive(into frames: inout [Packet], limit: Int, pool: PacketPool) -> Int
+    /// Takes the frames (buffers of `pool`) for sending and releases their buffers.
+    func transmit(_ frames: inout [Packet], pool: PacketPool)
+}
