@@ -1,0 +1,41 @@
+/// What an interface did with every frame: each drop has a reason and a count.
+public struct InterfaceCounters: Equatable, Sendable {
+    public var framesReceived = 0
+    public var framesSent = 0
+    /// Refused by a parser (truncated, malformed, bad checksum), per layer.
+    public var ethernetErrors = 0
+    public var arpErrors = 0
+    public var ipv4Errors = 0
+    public var icmpErrors = 0
+    public var udpErrors = 0
+    public var tcpErrors = 0
+    public var badChecksums = 0
+    /// Ethernet frames for another MAC address, or an EtherType not spoken here.
+    public var notForUs = 0
+    public var unknownEtherType = 0
+    /// IPv4 for another address, or a protocol not spoken here.
+    public var ipNotForUs = 0
+    public var unknownProtocol = 0
+    /// IPv4 fragments: this stack does not reassemble, it drops and counts them.
+    public var fragmentsDropped = 0
+    public var arpRequestsSent = 0
+    public var arpRepliesSent = 0
+    /// Packets waiting for an ARP answer that were dropped: queue full or no answer.
+    public var arpPendingDropped = 0
+    public var icmpEchoReplies = 0
+    public var udpDelivered = 0
+    public var udpNoListener = 0
+    public var icmpUnreachableSent = 0
+    /// No packet buffer was free.
+    public var noBuffers = 0
+
+    public init() {}
+
+    /// Non-zero counters as "name value" pairs, for `heretic stats` and benchmark output.
+    public var nonZero: [(String, Int)] {
+        Mirror(reflecting: self).children.compactMap { c in
+            guard let name = c.label, let v = c.value as? Int, v != 0 else { return nil }
+            return (name, v)
+        }
+    }
+}

@@ -1,0 +1,317 @@
+/// How an interface is addressed and bounded.
+public struct InterfaceConfiguration: Sendable {
+    public var mac: MACAddress
+    public var address: IPv4Address
+    public var prefixLength: Int
+    /// Where packets for other networks go; nil: only the local network is reachable.
+    public var gateway: IPv4Address?
+    public var arpLifetimeMilliseconds: UInt64 = 60_000
+    public var arpPendingPerAddress = 16
+    public var arpMaxRequests = 3
+    /// Frames taken from the device per poll.
+    public var receiveBatch = 64
+
+    public init(mac: MACAddress, address: IPv4Address, prefixLength: Int = 24, gateway: IPv4Address? = nil) {
+        self.mac = mac
+        self.address = address
+        self.prefixLength = prefixLength
+        self.gateway = gateway
+    }
+}
+
+/// One network interface of the stack: a device, an address, ARP, IPv4, ICMP and UDP.
+///
+/// Sans-IO: it does nothing until `poll(now:)`, which takes a batch of frames from the device,
+/// handles each, and sends what they caused in one batch. Time is a parameter, so the same
+/// code runs on a core's loop or in a deterministic simulation. Single-threaded: one core
+/// owns it.
+public final class Interface {
+    public let device: NetworkDevice
+    public let pool: PacketPool
+    public let configuration: InterfaceConfiguration
+    public private(set) var counters = InterfaceCounters()
+    var arp: ARPCache
+    var udp: [UInt16: AnyUDPBinding] = [:]
+    var rx: [Packet] = []
+    var tx: [Packet] = []
+    /// The time of the current poll, in milliseconds.
+    public private(set) var now: UInt64 = 0
+    let verifyChecksums: Bool
+    let subnetMask: UInt32
+
+    public init(device: NetworkDevice, pool: PacketPool, configuration: InterfaceConfiguration) {
+        self.device = device
+        self.pool = pool
+        self.configuration = configuration
+        arp = ARPCache(lifetimeMilliseconds: configuration.arpLifetimeMilliseconds,
+                       pendingPerAddress: configuration.arpPendingPerAddress,
+                       maxRequests: configuration.arpMaxRequests)
+        verifyChecksums = !device.offloads.contains(.receiveChecksumsVerified)
+        subnetMask = configuration.prefixLength == 0 ? 0 : ~UInt32(0) << UInt32(32 - configuration.prefixLength)
+        rx.reserveCapacity(configuration.receiveBatch)
+        tx.reserveCapacity(configuration.receiveBatch * 2)
+    }
+
+    public var address: IPv4Address { configuration.address }
+    public var mac: MACAddress { configuration.mac }
+
+    // MARK: Sockets
+
+    /// Binds a UDP handler to `port`. Throws when the port is taken.
+    public func bindUDP<H: UDPHandler>(port: UInt16, _ handler: H) throws(NetError) {
+        guard udp[port] == nil else { throw .addressInUse(port) }
+        udp[port] = UDPBinding(handler)
+    }
+
+    public func unbindUDP(port: UInt16) { udp[port] = nil }
+
+    /// Sends a datagram from `port` (bound or not) to `peer`.
+    @discardableResult
+    public func sendUDP(_ data: UnsafeRawBufferPointer, from port: UInt16, to peer: UDPEndpoint) -> Bool {
+        let total = UDPDatagram.headerLength + data.count
+        guard IPv4Packet.minimumHeaderLength + total <= device.mtu else { return false }
+        guard var p = pool.allocate(length: total) else { counters.noBuffers += 1; return false }
+        let base = pool.bytes(p)
+        if data.count > 0 { (base + UDPDatagram.headerLength).copyMemory(from: data.baseAddress!, byteCount: data.count) }
+        UDPDatagram.emit(into: base, sourcePort: port, destinationPort: peer.port, dataLength: data.count,
+                         source: address, destination: peer.address)
+        p.length = UInt16(total)
+        sendIPv4(p, to: peer.address, protocol: IPProtocol.udp)
+        return true
+    }
+
+    // MARK: Polling
+
+    /// Receives and handles up to one batch of frames, retries ARP, and sends everything that
+    /// resulted. Returns the number of frames handled plus sent (0: nothing to do).
+    @discardableResult
+    public func poll(now: UInt64) -> Int {
+        self.now = now
+        rx.removeAll(keepingCapacity: true)
+        let n = device.receive(into: &rx, limit: configuration.receiveBatch, pool: pool)
+        counters.framesReceived += n
+        for frame in rx { handleFrame(frame) }
+        retryARP()
+        let sent = tx.count
+        flush()
+        return n + sent
+    }
+
+    func flush() {
+        guard !tx.isEmpty else { return }
+        counters.framesSent += tx.count
+        device.transmit(&tx, pool: pool)
+        tx.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: Receive path
+
+    func handleFrame(_ frame: Packet) {
+        let base = pool.bytes(frame)
+        let eth: EthernetFrame
+        do { eth = try EthernetFrame(base, length: Int(frame.length)) } catch {
+            counters.ethernetErrors += 1
+            return pool.release(frame)
+        }
+        let dst = eth.destination
+        guard dst == mac || dst.isBroadcast else { counters.notForUs += 1; return pool.release(frame) }
+        switch eth.etherType {
+        case EtherType.ipv4: handleIPv4(frame, eth)
+        case EtherType.arp: handleARP(frame, eth)
+        default:
+            counters.unknownEtherType += 1
+            pool.release(frame)
+        }
+    }
+
+    func handleARP(_ frame: Packet, _ eth: EthernetFrame) {
+        defer { pool.release(frame) }
+        let a: ARPPacket
+        do { a = try ARPPacket(parsing: eth.payload, length: eth.payloadLength) } catch {
+            counters.arpErrors += 1
+            return
+        }
+        // RFC 826: refresh the sender if known or if the packet is for us, then answer requests.
+        let forUs = a.targetIP == address
+        if forUs || arp.entries[a.senderIP] != nil, !a.senderIP.isUnspecified {
+            for p in arp.learn(a.senderIP, a.senderMAC, now: now) { transmitResolved(p, a.senderMAC) }
+        }
+        if forUs && a.operation == .request {
+            guard let reply = pool.allocate(length: 42) else { counters.noBuffers += 1; return }
+            let b = pool.bytes(reply)
+            EthernetFrame.emit(into: b, destination: a.senderMAC, source: mac, etherType: EtherType.arp)
+            ARPPacket(operation: .reply, senderMAC: mac, senderIP: address,
+                      targetMAC: a.senderMAC, targetIP: a.senderIP).emit(into: b + 14)
+            tx.append(reply)
+            counters.arpRepliesSent += 1
+        }
+    }
+
+    func handleIPv4(_ frame: Packet, _ eth: EthernetFrame) {
+        let ip: IPv4Packet
+        do { ip = try IPv4Packet(eth.payload, length: eth.payloadLength, verifyChecksum: verifyChecksums) } catch {
+            count(error, layer: \.ipv4Errors)
+            return pool.release(frame)
+        }
+        let dst = ip.destination
+        guard dst == address || dst.isBroadcast else { counters.ipNotForUs += 1; return pool.release(frame) }
+        if ip.isFragment { counters.fragmentsDropped += 1; return pool.release(frame) }
+        switch ip.proto {
+        case IPProtocol.udp: handleUDP(frame, ip)
+        case IPProtocol.icmp: handleICMP(frame, ip)
+        default:
+            counters.unknownProtocol += 1
+            pool.release(frame)
+        }
+    }
+
+    func handleICMP(_ frame: Packet, _ ip: IPv4Packet) {
+        let m: ICMPv4Message
+        do { m = try ICMPv4Message(ip.payload, length: ip.payloadLength) } catch {
+            count(error, layer: \.icmpErrors)
+            return pool.release(frame)
+        }
+        guard m.type == ICMPv4Message.echoRequest, m.code == 0, ip.destination == address else {
+            return pool.release(frame)  // replies and errors: nothing waits for them yet
+        }
+        // Answer in place: same buffer, addresses swapped, type 0, fresh checksums.
+        let source = ip.source
+        let rest = UInt32(m.echoIdentifier) << 16 | UInt32(m.echoSequence)
+        let dataLength = m.dataLength
+        let icmpBase = ip.payload
+        ICMPv4Message.emit(into: icmpBase, type: ICMPv4Message.echoReply, code: 0, rest: rest, dataLength: dataLength)
+        var reply = frame
+        let ipOffset = UInt16(ip.base - pool.bytes(frame))
+        reply.offset += ipOffset
+        // Options in the request are not echoed: the reply gets a plain 20-byte header.
+        let ipLength = IPv4Packet.minimumHeaderLength + ICMPv4Message.headerLength + dataLength
+        if ip.headerLength != IPv4Packet.minimumHeaderLength {
+            let q = pool.bytes(reply)
+            (q + IPv4Packet.minimumHeaderLength).copyMemory(from: icmpBase, byteCount: ipLength - 20)
+        }
+        reply.length = UInt16(ipLength)
+        counters.icmpEchoReplies += 1
+        let q = pool.bytes(reply)
+        IPv4Packet.emit(into: q, source: address, destination: source, protocol: IPProtocol.icmp,
+                        payloadLength: ipLength - 20)
+        sendIPv4Framed(reply, to: source)
+    }
+
+    func handleUDP(_ frame: Packet, _ ip: IPv4Packet) {
+        defer { pool.release(frame) }
+        let u: UDPDatagram
+        do {
+            u = try UDPDatagram(ip.payload, length: ip.payloadLength, source: ip.source,
+                                destination: ip.destination, verifyChecksum: verifyChecksums)
+        } catch {
+            count(error, layer: \.udpErrors)
+            return
+        }
+        guard let binding = udp[u.destinationPort] else {
+            counters.udpNoListener += 1
+            if ip.destination == address { sendPortUnreachable(ip) }
+            return
+        }
+        counters.udpDelivered += 1
+        var socket = UDPSocket(interface: self, localPort: u.destinationPort)
+        binding.deliver(UnsafeRawBufferPointer(start: u.data, count: u.dataLength),
+                        from: UDPEndpoint(ip.source, u.sourcePort), &socket)
+    }
+
+    /// RFC 1122: destination unreachable quoting the IP header and 8 bytes of the datagram.
+    func sendPortUnreachable(_ ip: IPv4Packet) {
+        let quoted = min(ip.totalLength, ip.headerLength + 8)
+        let total = ICMPv4Message.headerLength + quoted
+        guard var p = pool.allocate(length: total) else { counters.noBuffers += 1; return }
+        let b = pool.bytes(p)
+        (b + ICMPv4Message.headerLength).copyMemory(from: ip.base, byteCount: quoted)
+        ICMPv4Message.emit(into: b, type: ICMPv4Message.destinationUnreachable, code: ICMPv4Message.portUnreachable,
+                           rest: 0, dataLength: quoted)
+        p.length = UInt16(total)
+        counters.icmpUnreachableSent += 1
+        sendIPv4(p, to: ip.source, protocol: IPProtocol.icmp)
+    }
+
+    func count(_ error: WireError, layer: WritableKeyPath<InterfaceCounters, Int>) {
+        if error == .badChecksum { counters.badChecksums += 1 } else { counters[keyPath: layer] += 1 }
+    }
+
+    // MARK: Transmit path
+
+    /// Prepends an IPv4 header to a packet holding the IP payload, then frames and sends it.
+    func sendIPv4(_ packet: Packet, to destination: IPv4Address, protocol proto: UInt8) {
+        var p = packet
+        precondition(p.offset >= 34, "Heretic: packet without headroom for IPv4 and Ethernet")
+        p.offset -= 20
+        let payloadLength = Int(p.length)
+        p.length += 20
+        IPv4Packet.emit(into: pool.bytes(p), source: address, destination: destination, protocol: proto,
+                        payloadLength: payloadLength)
+        sendIPv4Framed(p, to: destination)
+    }
+
+    /// Resolves the next hop of a packet that starts with its IPv4 header and sends it, or
+    /// parks it until ARP answers.
+    func sendIPv4Framed(_ packet: Packet, to destination: IPv4Address) {
+        let hop = nextHop(destination)
+        if destination.isBroadcast {
+            return transmitResolved(packet, .broadcast)
+        }
+        if let m = arp.lookup(hop, now: now) { return transmitResolved(packet, m) }
+        var w = arp.waiting[hop] ?? ARPCache.Waiting(packets: [], requestsSent: 0, nextRequest: now)
+        if w.packets.count >= arp.pendingPerAddress {
+            counters.arpPendingDropped += 1
+            pool.release(packet)
+        } else {
+            w.packets.append(packet)
+        }
+        arp.waiting[hop] = w
+        retryARP()
+    }
+
+    func nextHop(_ destination: IPv4Address) -> IPv4Address {
+        if destination.raw & subnetMask == address.raw & subnetMask { return destination }
+        return configuration.gateway ?? destination
+    }
+
+    /// Prepends the Ethernet header to a packet that starts with its IPv4 header.
+    func transmitResolved(_ packet: Packet, _ destinationMAC: MACAddress) {
+        var p = packet
+        p.offset -= 14
+        p.length += 14
+        EthernetFrame.emit(into: pool.bytes(p), destination: destinationMAC, source: mac, etherType: EtherType.ipv4)
+        tx.append(p)
+    }
+
+    /// Sends due ARP requests; gives up on addresses that never answered.
+    func retryARP() {
+        guard !arp.waiting.isEmpty else { return }
+        for (ip, var w) in arp.waiting where w.nextRequest <= now {
+            if w.requestsSent >= arp.maxRequests {
+                counters.arpPendingDropped += w.packets.count
+                for p in w.packets { pool.release(p) }
+                arp.waiting[ip] = nil
+                continue
+            }
+            guard let req = pool.allocate(length: 42) else { counters.noBuffers += 1; continue }
+            let b = pool.bytes(req)
+            EthernetFrame.emit(into: b, destination: .broadcast, source: mac, etherType: EtherType.arp)
+            ARPPacket(operation: .request, senderMAC: mac, senderIP: address,
+                      targetMAC: .zero, targetIP: ip).emit(into: b + 14)
+            tx.append(req)
+            counters.arpRequestsSent += 1
+            w.requestsSent += 1
+            w.nextRequest = now + arp.retryInterval
+            arp.waiting[ip] = w
+        }
+    }
+}
+
+/// Errors of the network API, named for what went wrong.
+public enum NetError: Error, Equatable, Sendable {
+    case addressInUse(UInt16)
+    case refused
+    case reset
+    case timedOut
+    case closed
+}
