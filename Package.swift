@@ -45,6 +45,7 @@ let package = Package(
             name: "HereticBench",
             dependencies: [
                 "HereticCore",
+                "HereticNet",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings

@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reproduce the brief's workloads on this machine.",
         discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
-        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self],
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self],
         defaultSubcommand: Suite.self
     )
 
@@ -136,6 +136,30 @@ struct Bench: ParsableCommand {
 
         func run() throws {
             try report([try AsyncEventsBenchmark(tasks: tasks, seconds: seconds).run()], output)
+        }
+    }
+}
+
+extension StackLayout: ExpressibleByArgument {}
+
+extension Bench {
+    struct UDPEcho: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "udp-echo",
+            abstract: "UDP request/response through the virtual switch, every echoed byte checked.")
+        @Option(help: "loopback (client and server stacks on one core) or balanced (one core each).")
+        var layout = StackLayout.loopback
+        @Option(help: "Concurrent request/response flows.") var flows = 256
+        @Option(help: "How long to run.") var seconds = 5.0
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if flows < 1 || flows > 20_000 { throw ValidationError("--flows must be between 1 and 20000") }
+            if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
+        }
+
+        func run() throws {
+            try report([try UDPEchoBenchmark(layout: layout, flows: flows, seconds: seconds).run()], output)
         }
     }
 }

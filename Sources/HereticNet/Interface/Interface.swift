@@ -65,6 +65,13 @@ public final class Interface {
 
     public func unbindUDP(port: UInt16) { udp[port] = nil }
 
+    /// A socket for sending from `port` outside a datagram callback (for example to start a
+    /// conversation). Use it on the interface's core.
+    public func udpSocket(port: UInt16) -> UDPSocket { UDPSocket(interface: self, localPort: port) }
+
+    /// The MAC address ARP has for `address`, if resolved and not expired.
+    public func neighbor(_ address: IPv4Address) -> MACAddress? { arp.lookup(address, now: now) }
+
     /// Sends a datagram from `port` (bound or not) to `peer`.
     @discardableResult
     public func sendUDP(_ data: UnsafeRawBufferPointer, from port: UInt16, to peer: UDPEndpoint) -> Bool {

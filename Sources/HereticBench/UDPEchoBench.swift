@@ -1,0 +1,200 @@
+import Atomics
+import HereticCore
+import HereticNet
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How client and server stacks sit on cores: both on one core, or one core each.
+public enum StackLayout: String, Sendable, CaseIterable {
+    /// Client and server interfaces on one core, joined through the switch in place.
+    case loopback
+    /// Server on core 0, clients on core 1, frames crossing cores through the switch's rings.
+    case balanced
+}
+
+/// Counters of one benchmark side, reached by its handlers through a pointer.
+struct EchoStats {
+    var echoes: UInt64 = 0
+    var mismatches: UInt64 = 0
+}
+
+/// The brief's message: 150 bytes formatted anew for every request, the original's
+/// "serialisation load". Deterministic in (flow, sequence), so the echo can be checked.
+@inline(__always)
+func formatMessage(flow: UInt32, sequence: UInt32, into p: UnsafeMutableRawPointer, length: Int) {
+    var i = 0
+    func put(_ b: UInt8) { if i < length { p.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 } }
+    func number(_ v: UInt32) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var n = v, count = 0
+        withUnsafeMutableBytes(of: &digits) { d in
+            repeat { d[count] = UInt8(48 + n % 10); n /= 10; count += 1 } while n > 0
+            while count > 0 { count -= 1; put(d[count]) }
+        }
+    }
+    for c in "flow=".utf8 { put(c) }
+    number(flow)
+    for c in " seq=".utf8 { put(c) }
+    number(sequence)
+    put(32)
+    var k: UInt32 = flow &* 31 &+ sequence
+    while i < length { put(UInt8(97 + k % 26)); k &+= 7 }
+}
+
+/// One client flow: sends a request, waits for its echo, checks it, sends the next.
+struct EchoClientFlow: UDPHandler {
+    let stats: UnsafeMutablePointer<EchoStats>
+    let stop: UnsafeAtomic<Bool>
+    let server: UDPEndpoint
+    let flow: UInt32
+    let size: Int
+    var sequence: UInt32 = 0
+
+    func send(_ socket: inout UDPSocket) {
+        withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { buffer in
+            formatMessage(flow: flow, sequence: sequence, into: buffer.baseAddress!, length: size)
+            socket.send(UnsafeRawBufferPointer(buffer), to: server)
+        }
+    }
+
+    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {
+        let ok = withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { expected -> Bool in
+            formatMessage(flow: flow, sequence: sequence, into: expected.baseAddress!, length: size)
+            return data.count == size && memcmp(data.baseAddress!, expected.baseAddress!, size) == 0
+        }
+        if ok { stats.pointee.echoes &+= 1 } else { stats.pointee.mismatches &+= 1 }
+        if stop.load(ordering: .relaxed) { return }
+        sequence &+= 1
+        send(&socket)
+    }
+}
+
+/// Starts a flow's first request from outside a datagram callback.
+struct FlowStarter: UDPHandler {
+    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {}
+}
+
+/// Echoes every datagram back to its sender.
+public struct UDPEchoServer: UDPHandler {
+    public init() {}
+    public mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {
+        socket.send(data, to: peer)
+    }
+}
+
+public struct UDPEchoBenchmark {
+    public var layout: StackLayout
+    public var flows: Int
+    public var seconds: Double
+    public var size = 150
+
+    public init(layout: StackLayout, flows: Int = 256, seconds: Double = 5) {
+        self.layout = layout
+        self.flows = flows
+        self.seconds = seconds
+    }
+
+    public func run() throws -> BenchResult {
+        guard flows >= 1, flows <= 20_000 else { throw BenchError("--flows must be between 1 and 20000") }
+        guard seconds > 0 else { throw BenchError("--seconds must be positive") }
+        let cores = layout == .loopback ? 1 : 2
+        guard Runtime.availableCPUs >= cores || layout == .loopback else {
+            throw BenchError("the balanced layout needs two CPUs")
+        }
+        let runtime = try Runtime(cores: cores)
+        defer { runtime.shutdown() }
+        let clientCore = cores - 1
+        let serverAddress = IPv4Address(10, 0, 0, 1), clientAddress = IPv4Address(10, 0, 0, 2)
+        let serverMAC = MACAddress(2, 0, 0, 0, 0, 1), clientMAC = MACAddress(2, 0, 0, 0, 0, 2)
+        let net = VirtualSwitch()
+        let pools = (0..<cores).map { _ in PacketPool(capacity: 32_768) }
+        let serverPort = net.makePort(core: 0, pool: pools[0])
+        let clientPort = net.makePort(core: clientCore, pool: pools[clientCore])
+        let stats = UnsafeMutablePointer<EchoStats>.allocate(capacity: 1)
+        stats.initialize(to: EchoStats())
+        let stop = UnsafeAtomic<Bool>.create(false)
+        defer { stats.deallocate(); stop.destroy() }
+        let box = Unchecked((stats, stop))
+
+        let server = Interface(device: serverPort, pool: pools[0],
+                               configuration: .init(mac: serverMAC, address: serverAddress))
+        let client = Interface(device: clientPort, pool: pools[clientCore],
+                               configuration: .init(mac: clientMAC, address: clientAddress))
+        let ifaces = Unchecked((server, client))
+        try runtime.run(on: 0) { core in
+            try? ifaces.value.0.bindUDP(port: 7, UDPEchoServer())
+            let poller = InterfacePoller()
+            poller.add(ifaces.value.0)
+            if clientCore == 0 { poller.add(ifaces.value.1) }
+            core.addPoller(poller)
+        }
+        let serverEndpoint = UDPEndpoint(serverAddress, 7)
+        let size = self.size, flows = self.flows
+        try runtime.run(on: clientCore) { core in
+            let c = ifaces.value.1
+            for f in 0..<flows {
+                try? c.bindUDP(port: UInt16(10_000 + f),
+                               EchoClientFlow(stats: box.value.0, stop: box.value.1, server: serverEndpoint,
+                                              flow: UInt32(f), size: size))
+            }
+            if clientCore != 0 {
+                let poller = InterfacePoller()
+                poller.add(c)
+                core.addPoller(poller)
+            }
+        }
+        // Resolve ARP with one probe first, so the flows do not all queue behind it.
+        try runtime.run(on: clientCore) { _ in
+            var probe = [UInt8](repeating: 0, count: 8)
+            probe.withUnsafeMutableBytes { _ = ifaces.value.1.sendUDP(UnsafeRawBufferPointer($0), from: 9, to: serverEndpoint) }
+        }
+        let waitStart = MonotonicClock.nanoseconds()
+        while try runtime.run(on: clientCore, { _ in ifaces.value.1.neighbor(serverAddress) == nil }) {
+            if MonotonicClock.nanoseconds() - waitStart > 2_000_000_000 { throw BenchError("ARP did not resolve") }
+            usleep(1000)
+        }
+        let rssBefore = ProcessStats.residentBytes()
+        let start = MonotonicClock.nanoseconds()
+        try runtime.run(on: clientCore) { _ in
+            let c = ifaces.value.1
+            for f in 0..<flows {
+                var socket = c.udpSocket(port: UInt16(10_000 + f))
+                EchoClientFlow(stats: box.value.0, stop: box.value.1, server: serverEndpoint,
+                               flow: UInt32(f), size: size).send(&socket)
+            }
+        }
+        while Double(MonotonicClock.nanoseconds() - start) / 1e9 < seconds { usleep(10_000) }
+        let (echoes, end) = try runtime.run(on: clientCore) { _ -> (UInt64, UInt64) in
+            box.value.1.store(true, ordering: .relaxed)
+            return (box.value.0.pointee.echoes, MonotonicClock.nanoseconds())
+        }
+        let rss = ProcessStats.residentBytes()
+        // Let the last requests drain, then check nothing was lost or garbled.
+        usleep(50_000)
+        let (final, mismatches, counters) = try runtime.run(on: clientCore) { _ in
+            (box.value.0.pointee.echoes, box.value.0.pointee.mismatches, ifaces.value.1.counters)
+        }
+        let drops = serverPort.framesDropped + clientPort.framesDropped
+        let ok = mismatches == 0 && drops == 0 && final >= echoes && final <= echoes + UInt64(flows)
+            && counters.badChecksums == 0
+        var r = BenchResult(bench: "udp-echo", verified: ok)
+        r.add("layout", layout.rawValue)
+        r.add("flows", flows)
+        r.add("payload_bytes", size)
+        r.add("seconds", seconds)
+        r.add("echoes_per_sec", (Double(echoes) / (Double(end - start) / 1e9)).rounded())
+        r.add("echoes_verified", final)
+        r.add("mismatches", mismatches)
+        r.add("switch_drops", drops)
+        r.add("rss_bytes", rss)
+        r.add("rss_growth_bytes", rss &- rssBefore)
+        return r
+    }
+}
+
+/// Moves non-Sendable values into `@Sendable` closures that run on the one core owning them.
+struct Unchecked<T>: @unchecked Sendable {
+    let value: T
+    init(_ v: T) { value = v }
+}
