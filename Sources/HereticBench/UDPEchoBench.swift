@@ -19,27 +19,39 @@ struct EchoStats {
     var mismatches: UInt64 = 0
 }
 
-/// The brief's message: 150 bytes formatted anew for every request, the original's
-/// "serialisation load". Deterministic in (flow, sequence), so the echo can be checked.
+/// Filler for messages: the alphabet repeated, so any 26-aligned window reads the same.
+/// Written once when first used, read-only afterwards.
+nonisolated(unsafe) let messageFill: UnsafeMutableRawPointer = {
+    let p = UnsafeMutableRawPointer.allocate(byteCount: 2048 + 26, alignment: 8)
+    for i in 0..<(2048 + 26) { p.storeBytes(of: UInt8(97 + i % 26), toByteOffset: i, as: UInt8.self) }
+    return p
+}()
+
+/// The brief's message: `length` bytes formatted anew for every request, as the original
+/// formatted its payload with printf (the "serialisation load"): "flow=F seq=S " and filler
+/// that depends on both numbers. Deterministic in (flow, sequence), so the echo can be checked.
 @inline(__always)
 func formatMessage(flow: UInt32, sequence: UInt32, into p: UnsafeMutableRawPointer, length: Int) {
     var i = 0
-    func put(_ b: UInt8) { if i < length { p.storeBytes(of: b, toByteOffset: i, as: UInt8.self); i += 1 } }
-    func number(_ v: UInt32) {
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var n = v, count = 0
-        withUnsafeMutableBytes(of: &digits) { d in
-            repeat { d[count] = UInt8(48 + n % 10); n /= 10; count += 1 } while n > 0
-            while count > 0 { count -= 1; put(d[count]) }
-        }
+    @inline(__always) func text(_ s: StaticString) {
+        let n = min(s.utf8CodeUnitCount, length - i)
+        (p + i).copyMemory(from: s.utf8Start, byteCount: n)
+        i += n
     }
-    for c in "flow=".utf8 { put(c) }
+    @inline(__always) func number(_ v: UInt32) {
+        var digits = 1, t = v
+        while t >= 10 { t /= 10; digits += 1 }
+        guard i + digits <= length else { return }
+        var n = v, at = i + digits
+        repeat { at -= 1; p.storeBytes(of: UInt8(48 + n % 10), toByteOffset: at, as: UInt8.self); n /= 10 } while n > 0
+        i += digits
+    }
+    text("flow=")
     number(flow)
-    for c in " seq=".utf8 { put(c) }
+    text(" seq=")
     number(sequence)
-    put(32)
-    var k: UInt32 = flow &* 31 &+ sequence
-    while i < length { put(UInt8(97 + k % 26)); k &+= 7 }
+    text(" ")
+    if i < length { (p + i).copyMemory(from: messageFill + Int((flow &* 31 &+ sequence) % 26), byteCount: length - i) }
 }
 
 /// One client flow: sends a request, waits for its echo, checks it, sends the next.

@@ -37,15 +37,15 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     private let sleeping = ManagedAtomic<Bool>(false)
     let stopping = ManagedAtomic<Bool>(false)
     /// Mailboxes from each other core, indexed by the sender's index.
-    var inbound: [SPSCQueue<CoreMessage>] = []
+    @exclusivity(unchecked) var inbound: [SPSCQueue<CoreMessage>] = []
     /// Messages from threads that are not cores of this runtime.
     private let injected = Mutex<[CoreMessage]>([])
     private let injectedCount = ManagedAtomic<Int>(0)
-    private var localWork: [@Sendable (Core) -> Void] = []
-    private var pollers: [CorePoller] = []
+    @exclusivity(unchecked) private var localWork: [@Sendable (Core) -> Void] = []
+    @exclusivity(unchecked) private var pollers: [CorePoller] = []
     private let epochNanoseconds: UInt64
     /// Tasks resumed per pool per turn before the loop looks at timers and mailboxes again.
-    public var taskBudget = 4096
+    @exclusivity(unchecked) public var taskBudget = 4096
     /// How long an idle core busy-polls (for a timer due that soon, or a message) before it
     /// blocks in the kernel. Blocking costs a wake-up of tens of microseconds on bare metal
     /// and milliseconds on a busy virtual machine; polling costs the CPU. 0 always blocks.

@@ -29,13 +29,13 @@ public final class Interface {
     public let device: NetworkDevice
     public let pool: PacketPool
     public let configuration: InterfaceConfiguration
-    public private(set) var counters = InterfaceCounters()
-    var arp: ARPCache
-    var udp: [UInt16: AnyUDPBinding] = [:]
-    var rx: [Packet] = []
-    var tx: [Packet] = []
+    @exclusivity(unchecked) public private(set) var counters = InterfaceCounters()
+    @exclusivity(unchecked) var arp: ARPCache
+    @exclusivity(unchecked) var udp: [UInt16: AnyUDPBinding] = [:]
+    @exclusivity(unchecked) var rx: [Packet] = []
+    @exclusivity(unchecked) var tx: [Packet] = []
     /// The time of the current poll, in milliseconds.
-    public private(set) var now: UInt64 = 0
+    @exclusivity(unchecked) public private(set) var now: UInt64 = 0
     let verifyChecksums: Bool
     let subnetMask: UInt32
 

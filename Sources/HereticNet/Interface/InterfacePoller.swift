@@ -3,7 +3,7 @@ import HereticCore
 /// Runs interfaces on a core: every turn of the core's loop polls each one with the core's
 /// clock. Create it on the core, add interfaces, then `core.addPoller(poller)`.
 public final class InterfacePoller: CorePoller {
-    public private(set) var interfaces: [Interface] = []
+    @exclusivity(unchecked) public private(set) var interfaces: [Interface] = []
 
     public init() {}
 

@@ -30,7 +30,7 @@ public final class PacketPool {
 
     @usableFromInline let base: UnsafeMutableRawPointer
     @usableFromInline let free: UnsafeMutablePointer<UInt32>
-    @usableFromInline var freeCount: Int
+    @exclusivity(unchecked) @usableFromInline var freeCount: Int
     public let capacity: Int
     private let mappedBytes: Int
 

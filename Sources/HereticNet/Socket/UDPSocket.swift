@@ -36,7 +36,7 @@ class AnyUDPBinding {
 }
 
 final class UDPBinding<H: UDPHandler>: AnyUDPBinding {
-    var handler: H
+    @exclusivity(unchecked) var handler: H
     init(_ handler: H) { self.handler = handler }
     override func deliver(_ data: UnsafeRawBufferPointer, from: UDPEndpoint, _ socket: inout UDPSocket) {
         handler.received(data, from: from, &socket)

@@ -10,9 +10,9 @@ final class FrameRing: @unchecked Sendable {
     private let lengths: UnsafeMutablePointer<UInt16>
     private let head = ManagedAtomic<Int>(0)  // consumer-owned
     private let tail = ManagedAtomic<Int>(0)  // producer-owned
-    private var producerTail = 0              // written but maybe not yet published
-    private var cachedHead = 0
-    private var cachedTail = 0
+    @exclusivity(unchecked) private var producerTail = 0              // written but maybe not yet published
+    @exclusivity(unchecked) private var cachedHead = 0
+    @exclusivity(unchecked) private var cachedTail = 0
 
     init(capacity: Int) {
         var c = 2

@@ -10,7 +10,7 @@ import Atomics
 public final class VirtualSwitch: @unchecked Sendable {
     /// Frames a ring between two cores holds before it drops.
     public let ringCapacity: Int
-    private(set) var ports: [SwitchPort] = []
+    @exclusivity(unchecked) private(set) var ports: [SwitchPort] = []
     /// Learned addresses: MAC (48 bits) and port index + 1 (16 bits) in one atomic word, so a
     /// reader on any core sees a whole entry or none. Open addressing, never shrinks.
     private let table: UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>
@@ -83,22 +83,24 @@ public final class VirtualSwitch: @unchecked Sendable {
 
 /// One port of a `VirtualSwitch`: the `NetworkDevice` of an interface on one core.
 public final class SwitchPort: NetworkDevice, @unchecked Sendable {
-    unowned let owner: VirtualSwitch
+    /// The switch outlives its ports (they are only reached through it).
+    unowned(unsafe) let owner: VirtualSwitch
     public let index: Int
     public let core: Int
     public let mtu: Int
     let pool: PacketPool
     /// The in-process link cannot corrupt frames (a fault injector around it reports none).
     public let offloads: DeviceOffloads = [.receiveChecksumsVerified]
-    /// Frames from ports of the same core, as packets of the shared pool.
-    var local: [Packet] = []
-    var localHead = 0
+    /// Frames from ports of the same core, as packets of the shared pool (bounded like the
+    /// cross-core rings: a full queue drops and counts).
+    @exclusivity(unchecked) var local: PacketQueue
     /// Rings from ports of other cores, and to them, by port index.
-    var inboundRings: [FrameRing] = []
-    var outboundRings: [Int: FrameRing] = [:]
-    private var touched: [FrameRing] = []
-    public private(set) var framesDropped = 0
-    public private(set) var framesForwarded = 0
+    @exclusivity(unchecked) var inboundRings: [FrameRing] = []
+    /// Rings to other cores' ports, indexed by port (nil for ports of this core).
+    @exclusivity(unchecked) var outboundRings: [FrameRing?] = []
+    @exclusivity(unchecked) private var touched: [FrameRing] = []
+    @exclusivity(unchecked) public private(set) var framesDropped = 0
+    @exclusivity(unchecked) public private(set) var framesForwarded = 0
 
     init(switch owner: VirtualSwitch, index: Int, core: Int, pool: PacketPool, mtu: Int) {
         self.owner = owner
@@ -106,25 +108,27 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
         self.core = core
         self.pool = pool
         self.mtu = mtu
+        local = PacketQueue(capacity: owner.ringCapacity)
+    }
+
+    deinit {
+        while let p = local.pop() { pool.release(p) }
+        local.release()
     }
 
     func addInbound(from sender: SwitchPort) {
         let ring = FrameRing(capacity: owner.ringCapacity)
         inboundRings.append(ring)
+        while sender.outboundRings.count <= index { sender.outboundRings.append(nil) }
         sender.outboundRings[index] = ring
     }
 
     public func receive(into frames: inout [Packet], limit: Int, pool: PacketPool) -> Int {
         precondition(pool === self.pool, "Heretic: a switch port receives into its core's pool")
         var n = 0
-        while n < limit, localHead < local.count {
-            frames.append(local[localHead])
-            localHead += 1
+        while n < limit, let p = local.pop() {
+            frames.append(p)
             n += 1
-        }
-        if localHead == local.count && localHead > 0 {
-            local.removeAll(keepingCapacity: true)
-            localHead = 0
         }
         for ring in inboundRings where n < limit {
             n += ring.read(into: &frames, limit: limit - n, pool: pool)
@@ -158,16 +162,21 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
     private func forward(_ f: Packet, to port: SwitchPort, consume: Bool) {
         framesForwarded += 1
         if port.core == core {
-            if consume {
-                port.local.append(f)
-            } else if let copy = pool.copy(from: pool.bytes(f), length: Int(f.length)) {
-                port.local.append(copy)
-            } else {
+            var p = f
+            if !consume {
+                guard let copy = pool.copy(from: pool.bytes(f), length: Int(f.length)) else {
+                    framesDropped += 1
+                    return
+                }
+                p = copy
+            }
+            if !port.local.push(p) {
                 framesDropped += 1
+                pool.release(p)
             }
             return
         }
-        let ring = outboundRings[port.index]!
+        let ring = outboundRings[port.index].unsafelyUnwrapped
         if ring.write(pool.bytes(f), length: Int(f.length)) {
             if !touched.contains(where: { $0 === ring }) { touched.append(ring) }
         } else {
