@@ -31,7 +31,8 @@ public final class Interface {
     public let configuration: InterfaceConfiguration
     @exclusivity(unchecked) public private(set) var counters = InterfaceCounters()
     @exclusivity(unchecked) var arp: ARPCache
-    @exclusivity(unchecked) var udp: [UInt16: AnyUDPBinding] = [:]
+    /// Bound UDP handlers by port: a flat table, allocated on the first bind (512 KiB).
+    @exclusivity(unchecked) var udp: [AnyUDPBinding?] = []
     @exclusivity(unchecked) var rx: [Packet] = []
     @exclusivity(unchecked) var tx: [Packet] = []
     /// The time of the current poll, in milliseconds.
@@ -59,11 +60,12 @@ public final class Interface {
 
     /// Binds a UDP handler to `port`. Throws when the port is taken.
     public func bindUDP<H: UDPHandler>(port: UInt16, _ handler: H) throws(NetError) {
-        guard udp[port] == nil else { throw .addressInUse(port) }
-        udp[port] = UDPBinding(handler)
+        if udp.isEmpty { udp = Array(repeating: nil, count: 65_536) }
+        guard udp[Int(port)] == nil else { throw .addressInUse(port) }
+        udp[Int(port)] = UDPBinding(handler)
     }
 
-    public func unbindUDP(port: UInt16) { udp[port] = nil }
+    public func unbindUDP(port: UInt16) { if !udp.isEmpty { udp[Int(port)] = nil } }
 
     /// A socket for sending from `port` outside a datagram callback (for example to start a
     /// conversation). Use it on the interface's core.
@@ -214,7 +216,7 @@ public final class Interface {
             count(error, layer: \.udpErrors)
             return
         }
-        guard let binding = udp[u.destinationPort] else {
+        guard !udp.isEmpty, let binding = udp[Int(u.destinationPort)] else {
             counters.udpNoListener += 1
             if ip.destination == address { sendPortUnreachable(ip) }
             return

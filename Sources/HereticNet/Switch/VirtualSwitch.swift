@@ -40,6 +40,7 @@ public final class VirtualSwitch: @unchecked Sendable {
             }
         }
         ports.append(port)
+        unmanagedPorts.append(Unmanaged.passUnretained(port))
         return port
     }
 
@@ -77,7 +78,10 @@ public final class VirtualSwitch: @unchecked Sendable {
         return nil
     }
 
-    func port(_ i: Int) -> SwitchPort { ports[i] }
+    /// Ports by index without reference counting: the switch owns them for its lifetime.
+    @exclusivity(unchecked) var unmanagedPorts: [Unmanaged<SwitchPort>] = []
+
+    @inline(__always) func port(_ i: Int) -> Unmanaged<SwitchPort> { unmanagedPorts[i] }
     var portCount: Int { ports.count }
 }
 
@@ -144,13 +148,17 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
             if owner.lookup(source) != index { owner.learn(source, port: index) }
             let destination = MACAddress.load(bytes, 0)
             if !destination.isMulticast, let to = owner.lookup(destination) {
-                if to != index { forward(f, to: owner.port(to), consume: true) } else { pool.release(f) }
+                if to != index {
+                    owner.port(to)._withUnsafeGuaranteedRef { forward(f, to: $0, consume: true) }
+                } else {
+                    pool.release(f)
+                }
             } else {
                 // Flood: every other port gets a copy; the original goes to the last one.
                 let targets = (0..<owner.portCount).filter { $0 != index }
                 if targets.isEmpty { pool.release(f) }
                 for (k, t) in targets.enumerated() {
-                    forward(f, to: owner.port(t), consume: k == targets.count - 1)
+                    owner.port(t)._withUnsafeGuaranteedRef { forward(f, to: $0, consume: k == targets.count - 1) }
                 }
             }
         }

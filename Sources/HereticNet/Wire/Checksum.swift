@@ -4,28 +4,38 @@
 /// about one add per eight bytes. Partial sums compose: the pseudo-header sum plus the segment's
 /// sum, folded, is the TCP or UDP checksum.
 public enum InternetChecksum {
-    /// Adds `count` bytes at `p` to a running (unfolded) sum.
+    /// Adds `count` bytes at `p` to a running (unfolded) sum of big-endian 16-bit words.
+    ///
+    /// The bytes are summed as native-endian 32-bit halves of 64-bit loads into a 64-bit
+    /// accumulator (no carry can be lost below 2^32 words), folded, and byte-swapped once:
+    /// the ones'-complement sum does not depend on byte order but for that final swap
+    /// (RFC 1071, section 2). Sums compose when split at even offsets.
     @inlinable
     public static func add(_ p: UnsafeRawPointer, count: Int, to initial: UInt64 = 0) -> UInt64 {
-        var sum = initial
+        var native: UInt64 = 0
         var i = 0
-        // Eight bytes at a time, read as big-endian words' sum in one 64-bit lane with carries.
-        while i + 8 <= count {
-            let w = UInt64(bigEndian: p.loadUnaligned(fromByteOffset: i, as: UInt64.self))
-            let (s, o) = sum.addingReportingOverflow(w)
-            sum = s &+ (o ? 1 : 0)
-            i += 8
+        while i + 16 <= count {
+            let a = p.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            let b = p.loadUnaligned(fromByteOffset: i + 8, as: UInt64.self)
+            native &+= (a & 0xFFFF_FFFF) &+ (a >> 32) &+ (b & 0xFFFF_FFFF) &+ (b >> 32)
+            i += 16
         }
-        while i + 2 <= count {
-            let (s, o) = sum.addingReportingOverflow(UInt64(p.be16(i)))
-            sum = s &+ (o ? 1 : 0)
+        while i + 4 <= count {
+            native &+= UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt32.self))
+            i += 4
+        }
+        if i + 2 <= count {
+            native &+= UInt64(p.loadUnaligned(fromByteOffset: i, as: UInt16.self))
             i += 2
         }
-        if i < count {
-            let (s, o) = sum.addingReportingOverflow(UInt64(p.byte(i)) << 8)
-            sum = s &+ (o ? 1 : 0)
-        }
-        return sum
+        #if _endian(little)
+        // A last odd byte is the high half of a big-endian word: the low half of a native one.
+        if i < count { native &+= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) }
+        return initial &+ UInt64(fold(native).byteSwapped)
+        #else
+        if i < count { native &+= UInt64(p.load(fromByteOffset: i, as: UInt8.self)) << 8 }
+        return initial &+ UInt64(fold(native))
+        #endif
     }
 
     /// Folds a 64-bit sum to 16 bits (ones' complement addition of its words).
