@@ -57,7 +57,9 @@ struct Bench: ParsableCommand {
                 results.append(try EventsBenchmark(tasks: 10_000_000, cores: cpus, seconds: 3).run())
             }
             results.append(try SleepBenchmark(tasks: 1_000_000, periodMilliseconds: 1000, seconds: 4).run())
-            results.append(try AsyncEventsBenchmark(tasks: 10_000, seconds: 2).run())
+            results.append(try AsyncEventsBenchmark(tasks: 10_000, seconds: 3).run())
+            results.append(try UDPEchoBenchmark(layout: .loopback, seconds: 2).run())
+            if cpus > 1 { results.append(try UDPEchoBenchmark(layout: .balanced, seconds: 2).run()) }
             if output.json {
                 try report(results, output)
                 return
@@ -195,6 +197,13 @@ func printSummary(_ results: [BenchResult]) {
         rows.append(("async ring hops / s (10 K tasks), Heretic core", humanRate(h), "n/a (C++)"))
         rows.append(("same ring on Swift's global executor", humanRate(g) + " (Heretic " +
                      formatFixed(h / g, digits: 1) + "x)", ""))
+    }
+    for layout in ["loopback", "balanced"] {
+        if let r = results.first(where: { $0["bench"]?.human == "udp-echo" && $0["layout"]?.human == layout }),
+           let v = r["echoes_per_sec"]?.asDouble {
+            let brief = layout == "loopback" ? "14 M (own switch, single-port single-core)" : "13 M (own switch, dual-port dual-core)"
+            rows.append(("UDP echoes / s, 150 B, \(layout) (virtual switch)", humanRate(v), brief))
+        }
     }
     rows.append(("Linux native thread switches / s (brief's baseline)", "", "about 130 K"))
     let w0 = rows.map(\.0.count).max()!, w1 = rows.map(\.1.count).max()!
