@@ -1,0 +1,232 @@
+import Testing
+@testable import HereticNet
+
+/// The segments among a list of actions.
+func segments(_ actions: [TCPAction]) -> [TCPSegmentInfo] {
+    actions.compactMap {
+        switch $0 {
+        case .send(let s), .sendData(let s): return s
+        default: return nil
+        }
+    }
+}
+
+/// Feeds every segment `from` produced into `to`; returns what `to` did.
+@discardableResult
+func deliver(_ actions: [TCPAction], to tcb: inout TCB, now: UInt32 = 1) -> [TCPAction] {
+    var out: [TCPAction] = []
+    for s in segments(actions) { tcb.segmentArrived(s, now: now, out: &out) }
+    return out
+}
+
+/// A connected pair, client ISS 1000, server ISS 5000 (or near wrap-around).
+func connectedPair(clientISS: UInt32 = 1000, serverISS: UInt32 = 5000) -> (TCB, TCB) {
+    var client = TCB(), out: [TCPAction] = []
+    client.connect(iss: SequenceNumber(clientISS), now: 1, out: &out)
+    var serverOut: [TCPAction] = []
+    var server = TCB.accept(segments(out)[0], iss: SequenceNumber(serverISS), now: 1, out: &serverOut)
+    let clientOut = deliver(serverOut, to: &client)
+    let last = deliver(clientOut, to: &server)
+    precondition(client.state == .established && server.state == .established && last == [.connected])
+    return (client, server)
+}
+
+@Suite("TCP state machine (RFC 9293, RFC 5961, RFC 7323)")
+struct TCBTests {
+    @Test("three-way handshake negotiates MSS, window scale and timestamps")
+    func handshake() {
+        var client = TCB(), out: [TCPAction] = []
+        client.connect(iss: SequenceNumber(1000), now: 7, out: &out)
+        let syn = segments(out)[0]
+        #expect(syn.flags == .syn && syn.sequence == SequenceNumber(1000) && client.state == .synSent)
+        #expect(syn.options.maximumSegmentSize == 1460 && syn.options.windowScale == 7 && syn.options.timestamp != nil)
+        var serverOut: [TCPAction] = []
+        var server = TCB.accept(syn, iss: SequenceNumber(5000), now: 9, out: &serverOut)
+        let synAck = segments(serverOut)[0]
+        #expect(synAck.flags == [.syn, .ack] && synAck.acknowledgment == SequenceNumber(1001))
+        #expect(synAck.options.timestamp == TCPTimestamp(value: 9, echo: 7))
+        let clientOut = deliver(serverOut, to: &client)
+        #expect(clientOut.first == .connected && client.state == .established)
+        #expect(deliver(clientOut, to: &server) == [.connected])
+        #expect(client.sndScale == 7 && client.rcvScale == 7 && client.timestamps && server.timestamps)
+        #expect(client.sendMSS == 1460 && client.rcvNxt == SequenceNumber(5001) && server.rcvNxt == SequenceNumber(1001))
+    }
+
+    @Test("a peer without options gets none back, and no scaling applies")
+    func noOptions() {
+        var out: [TCPAction] = []
+        let bare = TCPSegmentInfo(sequence: SequenceNumber(1), flags: .syn, window: 8192)
+        let server = TCB.accept(bare, iss: SequenceNumber(100), now: 1, out: &out)
+        let synAck = segments(out)[0]
+        #expect(synAck.options.windowScale == nil && synAck.options.timestamp == nil)
+        #expect(server.sndScale == 0 && server.rcvScale == 0 && server.sendMSS == 536)
+    }
+
+    @Test("simultaneous open: both SYN-RECEIVED, then both ESTABLISHED")
+    func simultaneousOpen() {
+        var a = TCB(), b = TCB(), outA: [TCPAction] = [], outB: [TCPAction] = []
+        a.connect(iss: SequenceNumber(100), now: 1, out: &outA)
+        b.connect(iss: SequenceNumber(900), now: 1, out: &outB)
+        let fromA = deliver(outB, to: &a), fromB = deliver(outA, to: &b)
+        #expect(a.state == .synReceived && b.state == .synReceived)
+        #expect(segments(fromA).first?.flags == [.syn, .ack])
+        deliver(fromA, to: &b)
+        deliver(fromB, to: &a)
+        #expect(a.state == .established && b.state == .established)
+    }
+
+    @Test("data is delivered in order and acknowledged; duplicates are not delivered twice")
+    func data() {
+        var (client, server) = connectedPair()
+        var out: [TCPAction] = []
+        client.send(length: 100, now: 2, out: &out)
+        #expect(client.bytesInFlight == 100)
+        let got = deliver(out, to: &server)
+        #expect(got.first == .deliver(offset: 0, length: 100))
+        #expect(segments(got).first?.acknowledgment == SequenceNumber(1101))
+        deliver(got, to: &client)
+        #expect(client.bytesInFlight == 0)
+        // The same segment again (a duplicate): acknowledged, not delivered.
+        let again = deliver(out, to: &server)
+        #expect(!again.contains(.deliver(offset: 0, length: 100)) && segments(again).count == 1)
+        // A segment overlapping old and new data delivers only the new part.
+        var overlap = segments(out)[0]
+        overlap.sequence = SequenceNumber(1051)
+        overlap.payloadLength = 100
+        var o: [TCPAction] = []
+        server.segmentArrived(overlap, now: 3, out: &o)
+        #expect(o.first == .deliver(offset: 50, length: 50) && server.rcvNxt == SequenceNumber(1151))
+    }
+
+    @Test("sequence numbers wrap around 2^32 without confusion")
+    func wrapAround() {
+        var (client, server) = connectedPair(clientISS: UInt32.max - 50, serverISS: UInt32.max - 10)
+        var out: [TCPAction] = []
+        client.send(length: 200, now: 2, out: &out)
+        let got = deliver(out, to: &server)
+        #expect(got.first == .deliver(offset: 0, length: 200))
+        deliver(got, to: &client)
+        #expect(client.bytesInFlight == 0 && client.sndUna == SequenceNumber(UInt32.max - 50) + 201)
+        #expect(SequenceNumber(5) > SequenceNumber(UInt32.max - 5) && SequenceNumber(5) - SequenceNumber(UInt32.max - 5) == 11)
+    }
+
+    @Test("active close: FIN-WAIT-1, FIN-WAIT-2, TIME-WAIT; passive side CLOSE-WAIT, LAST-ACK, CLOSED")
+    func activeClose() {
+        var (client, server) = connectedPair()
+        var out: [TCPAction] = []
+        client.close(now: 2, out: &out)
+        #expect(client.state == .finWait1 && segments(out).first?.flags == [.fin, .ack])
+        let serverOut = deliver(out, to: &server)
+        #expect(server.state == .closeWait && serverOut.contains(.peerClosed))
+        deliver(serverOut, to: &client)
+        #expect(client.state == .finWait2)
+        var closing: [TCPAction] = []
+        server.close(now: 3, out: &closing)
+        #expect(server.state == .lastAck)
+        let clientOut = deliver(closing, to: &client)
+        #expect(client.state == .timeWait && clientOut.contains(.startTimeWait(milliseconds: 60_000)))
+        #expect(deliver(clientOut, to: &server) == [.closed(.normal)] && server.state == .closed)
+        // A FIN retransmitted into TIME-WAIT is acknowledged and restarts the wait.
+        let again = deliver(closing, to: &client)
+        #expect(segments(again).count == 1 && again.contains(.startTimeWait(milliseconds: 60_000)))
+        var end: [TCPAction] = []
+        client.timeWaitExpired(out: &end)
+        #expect(end == [.closed(.normal)] && client.state == .closed)
+    }
+
+    @Test("simultaneous close: both FIN-WAIT-1, both CLOSING, both TIME-WAIT")
+    func simultaneousClose() {
+        var (a, b) = connectedPair()
+        var outA: [TCPAction] = [], outB: [TCPAction] = []
+        a.close(now: 2, out: &outA)
+        b.close(now: 2, out: &outB)
+        let fromA = deliver(outB, to: &a), fromB = deliver(outA, to: &b)
+        #expect(a.state == .closing && b.state == .closing)
+        deliver(fromA, to: &b)
+        deliver(fromB, to: &a)
+        #expect(a.state == .timeWait && b.state == .timeWait)
+    }
+
+    @Test("FIN with our FIN acknowledged in one segment goes straight to TIME-WAIT")
+    func finAckTogether() {
+        var (client, server) = connectedPair()
+        var out: [TCPAction] = []
+        client.close(now: 2, out: &out)
+        var serverOut = deliver(out, to: &server)    // server: CLOSE-WAIT, ACK
+        server.close(now: 3, out: &serverOut)         // server: LAST-ACK, FIN
+        // Deliver only the FIN (which also acknowledges the client's FIN).
+        let fin = segments(serverOut).last!
+        var o: [TCPAction] = []
+        client.segmentArrived(fin, now: 4, out: &o)
+        #expect(client.state == .timeWait)
+    }
+
+    @Test("RST exactly at RCV.NXT resets; in the window earns a challenge ACK; outside is ignored (RFC 5961)")
+    func rstHandling() {
+        var (_, server) = connectedPair()
+        let base = server.rcvNxt
+        var o: [TCPAction] = []
+        server.segmentArrived(TCPSegmentInfo(sequence: base + 10, flags: .rst), now: 2, out: &o)
+        #expect(server.state == .established && segments(o).first?.flags == .ack, "challenge ACK")
+        o = []
+        server.segmentArrived(TCPSegmentInfo(sequence: base + 1_000_000, flags: .rst), now: 2, out: &o)
+        #expect(server.state == .established && o.isEmpty, "out of window: dropped silently")
+        o = []
+        server.segmentArrived(TCPSegmentInfo(sequence: base, flags: .rst), now: 2, out: &o)
+        #expect(server.state == .closed && o == [.closed(.reset)])
+    }
+
+    @Test("a SYN on an established connection earns a challenge ACK, never a reset (RFC 5961)")
+    func synInjection() {
+        var (_, server) = connectedPair()
+        var o: [TCPAction] = []
+        server.segmentArrived(TCPSegmentInfo(sequence: server.rcvNxt + 5, flags: .syn), now: 2, out: &o)
+        #expect(server.state == .established && segments(o).map(\.flags) == [.ack])
+    }
+
+    @Test("an ACK for data never sent is answered and ignored (RFC 5961 section 5)")
+    func ackInjection() {
+        var (client, server) = connectedPair()
+        var o: [TCPAction] = []
+        let bogus = TCPSegmentInfo(sequence: server.rcvNxt, acknowledgment: server.sndNxt + 5000, flags: .ack)
+        server.segmentArrived(bogus, now: 2, out: &o)
+        #expect(segments(o).count == 1 && server.sndUna == server.sndNxt - 0)
+        _ = client
+    }
+
+    @Test("connection refused: RST answering our SYN closes with refused; a bad ACK draws RST")
+    func refused() {
+        var client = TCB(), out: [TCPAction] = []
+        client.connect(iss: SequenceNumber(1000), now: 1, out: &out)
+        var o: [TCPAction] = []
+        client.segmentArrived(TCPSegmentInfo(sequence: SequenceNumber(0), acknowledgment: SequenceNumber(1001),
+                                             flags: [.rst, .ack]), now: 2, out: &o)
+        #expect(o == [.closed(.refused)] && client.state == .closed)
+        var c2 = TCB(), out2: [TCPAction] = []
+        c2.connect(iss: SequenceNumber(1000), now: 1, out: &out2)
+        var o2: [TCPAction] = []
+        c2.segmentArrived(TCPSegmentInfo(sequence: SequenceNumber(7), acknowledgment: SequenceNumber(99),
+                                         flags: [.syn, .ack]), now: 2, out: &o2)
+        #expect(segments(o2).map(\.flags) == [.rst] && segments(o2).first?.sequence == SequenceNumber(99))
+        #expect(c2.state == .synSent, "a bad SYN-ACK does not disturb the connecting side")
+    }
+
+    @Test("segments outside the receive window are acknowledged, not accepted")
+    func outOfWindow() {
+        var (_, server) = connectedPair()
+        var o: [TCPAction] = []
+        let far = TCPSegmentInfo(sequence: server.rcvNxt + 200_000, acknowledgment: server.sndNxt,
+                                 flags: [.psh, .ack], payloadLength: 10)
+        server.segmentArrived(far, now: 2, out: &o)
+        #expect(segments(o).map(\.flags) == [.ack] && !o.contains(.deliver(offset: 0, length: 10)))
+    }
+
+    @Test("abort sends RST and closes; the control block stays within 128 bytes")
+    func abortAndSize() {
+        var (client, _) = connectedPair()
+        var o: [TCPAction] = []
+        client.abort(out: &o)
+        #expect(segments(o).first?.flags == [.rst, .ack] && o.last == .closed(.reset))
+        #expect(MemoryLayout<TCB>.size <= 64, "compact state: \(MemoryLayout<TCB>.size) bytes")
+    }
+}
