@@ -11,6 +11,16 @@ func segments(_ actions: [TCPAction]) -> [TCPSegmentInfo] {
     }
 }
 
+/// The actions without retransmission-timer bookkeeping.
+func events(_ actions: [TCPAction]) -> [TCPAction] {
+    actions.filter {
+        switch $0 {
+        case .armRetransmit, .cancelRetransmit: return false
+        default: return true
+        }
+    }
+}
+
 /// Feeds every segment `from` produced into `to`; returns what `to` did.
 @discardableResult
 func deliver(_ actions: [TCPAction], to tcb: inout TCB, now: UInt32 = 1) -> [TCPAction] {
@@ -27,7 +37,7 @@ func connectedPair(clientISS: UInt32 = 1000, serverISS: UInt32 = 5000) -> (TCB, 
     var server = TCB.accept(segments(out)[0], iss: SequenceNumber(serverISS), now: 1, out: &serverOut)
     let clientOut = deliver(serverOut, to: &client)
     let last = deliver(clientOut, to: &server)
-    precondition(client.state == .established && server.state == .established && last == [.connected])
+    precondition(client.state == .established && server.state == .established && events(last) == [.connected])
     return (client, server)
 }
 
@@ -46,8 +56,8 @@ struct TCBTests {
         #expect(synAck.flags == [.syn, .ack] && synAck.acknowledgment == SequenceNumber(1001))
         #expect(synAck.options.timestamp == TCPTimestamp(value: 9, echo: 7))
         let clientOut = deliver(serverOut, to: &client)
-        #expect(clientOut.first == .connected && client.state == .established)
-        #expect(deliver(clientOut, to: &server) == [.connected])
+        #expect(events(clientOut).first == .connected && client.state == .established)
+        #expect(events(deliver(clientOut, to: &server)) == [.connected])
         #expect(client.sndScale == 7 && client.rcvScale == 7 && client.timestamps && server.timestamps)
         #expect(client.sendMSS == 1460 && client.rcvNxt == SequenceNumber(5001) && server.rcvNxt == SequenceNumber(1001))
     }
@@ -125,7 +135,7 @@ struct TCBTests {
         #expect(server.state == .lastAck)
         let clientOut = deliver(closing, to: &client)
         #expect(client.state == .timeWait && clientOut.contains(.startTimeWait(milliseconds: 60_000)))
-        #expect(deliver(clientOut, to: &server) == [.closed(.normal)] && server.state == .closed)
+        #expect(events(deliver(clientOut, to: &server)) == [.closed(.normal)] && server.state == .closed)
         // A FIN retransmitted into TIME-WAIT is acknowledged and restarts the wait.
         let again = deliver(closing, to: &client)
         #expect(segments(again).count == 1 && again.contains(.startTimeWait(milliseconds: 60_000)))
@@ -173,7 +183,7 @@ struct TCBTests {
         #expect(server.state == .established && o.isEmpty, "out of window: dropped silently")
         o = []
         server.segmentArrived(TCPSegmentInfo(sequence: base, flags: .rst), now: 2, out: &o)
-        #expect(server.state == .closed && o == [.closed(.reset)])
+        #expect(server.state == .closed && events(o) == [.closed(.reset)])
     }
 
     @Test("a SYN on an established connection earns a challenge ACK, never a reset (RFC 5961)")
@@ -201,7 +211,7 @@ struct TCBTests {
         var o: [TCPAction] = []
         client.segmentArrived(TCPSegmentInfo(sequence: SequenceNumber(0), acknowledgment: SequenceNumber(1001),
                                              flags: [.rst, .ack]), now: 2, out: &o)
-        #expect(o == [.closed(.refused)] && client.state == .closed)
+        #expect(events(o) == [.closed(.refused)] && client.state == .closed)
         var c2 = TCB(), out2: [TCPAction] = []
         c2.connect(iss: SequenceNumber(1000), now: 1, out: &out2)
         var o2: [TCPAction] = []
@@ -221,12 +231,66 @@ struct TCBTests {
         #expect(segments(o).map(\.flags) == [.ack] && !o.contains(.deliver(offset: 0, length: 10)))
     }
 
+    @Test("RTO: exponential backoff, retransmission from SND.UNA, and a timeout at the limit")
+    func retransmission() {
+        var (client, server) = connectedPair()
+        var out: [TCPAction] = []
+        let rto = Int(client.rto)  // set by the handshake's RTT sample
+        client.send(length: 3000, now: 10, out: &out)
+        #expect(out.contains(.armRetransmit(milliseconds: rto)))
+        var o: [TCPAction] = []
+        client.retransmitTimeout(now: 1010, out: &o)
+        // Go back to SND.UNA: one MSS of the oldest data again, timer doubled.
+        #expect(segments(o).first?.sequence == SequenceNumber(1001) && segments(o).first?.payloadLength == 1460)
+        #expect(o.contains(.armRetransmit(milliseconds: 2 * rto)) && client.retries == 1)
+        // An acknowledgement resets the count.
+        var ackOut: [TCPAction] = []
+        server.segmentArrived(segments(o)[0], now: 1020, out: &ackOut)
+        deliver(ackOut, to: &client, now: 1030)
+        #expect(client.retries == 0 && client.sndUna == SequenceNumber(2461) && client.bytesInFlight == 0)
+        // The owner sends the rest again (it still holds it); unanswered, it times out.
+        var rest: [TCPAction] = []
+        client.send(length: 1540, now: 1040, out: &rest)
+        var last: [TCPAction] = []
+        for i in 0..<20 where client.state != .closed {
+            client.retransmitTimeout(now: UInt32(2000 + i * 60_000), out: &last)
+        }
+        #expect(last.contains(.closed(.timedOut)) && client.state == .closed)
+        #expect(client.retries == TCB.maxRetries)
+        #expect(segments(last).allSatisfy { $0.sequence == SequenceNumber(2461) }, "always from SND.UNA")
+    }
+
+    @Test("RTT samples from timestamps drive RTO within its bounds (RFC 6298)")
+    func rttEstimation() {
+        var t = TCB()
+        t.measured(rtt: 100)
+        #expect(t.srtt == 100 && t.rto == 300)  // SRTT + 4 * (RTT / 2)
+        for _ in 0..<50 { t.measured(rtt: 100) }
+        #expect(t.srtt == 100 && t.rto >= TCB.minRTO && t.rto < 300)
+        t.measured(rtt: 4_000_000_000)  // an echo from the future: ignored
+        #expect(t.srtt == 100)
+        for _ in 0..<50 { t.measured(rtt: 100_000) }
+        #expect(t.rto == TCB.maxRTO)
+    }
+
+    @Test("an unanswered SYN is retried with backoff and gives up sooner than data")
+    func synTimeout() {
+        var client = TCB(), out: [TCPAction] = []
+        client.connect(iss: SequenceNumber(1), now: 0, out: &out)
+        var o: [TCPAction] = []
+        for i in 0..<10 where client.state != .closed {
+            client.retransmitTimeout(now: UInt32(i * 1000), out: &o)
+        }
+        #expect(segments(o).filter { $0.flags == .syn }.count == Int(TCB.maxSynRetries))
+        #expect(o.last == .closed(.timedOut))
+    }
+
     @Test("abort sends RST and closes; the control block stays within 128 bytes")
     func abortAndSize() {
         var (client, _) = connectedPair()
         var o: [TCPAction] = []
         client.abort(out: &o)
         #expect(segments(o).first?.flags == [.rst, .ack] && o.last == .closed(.reset))
-        #expect(MemoryLayout<TCB>.size <= 64, "compact state: \(MemoryLayout<TCB>.size) bytes")
+        #expect(MemoryLayout<TCB>.size <= 80, "compact state (the 4-tuple and timer slot fit in the 128-byte budget): \(MemoryLayout<TCB>.size) bytes")
     }
 }

@@ -47,12 +47,18 @@ public enum TCPAction: Equatable, Sendable {
     case closed(TCPCloseReason)
     /// Hold the connection in TIME-WAIT for this long, then forget it.
     case startTimeWait(milliseconds: Int)
+    /// (Re)arm the retransmission timer to fire after this long.
+    case armRetransmit(milliseconds: Int)
+    /// Nothing is in flight any more: stop the retransmission timer.
+    case cancelRetransmit
 }
 
 public enum TCPCloseReason: Sendable, Equatable {
     case normal
     case reset
     case refused
+    /// Retransmissions went unanswered (RFC 9293's user timeout).
+    case timedOut
 }
 
 /// A TCP connection's control block: sequence variables and state, as compact plain data
@@ -84,14 +90,28 @@ public struct TCB: Sendable, Equatable {
     public private(set) var rcvScale: UInt8 = 0
     public private(set) var timestamps = false
     var tsRecent: UInt32 = 0
-    /// Our FIN has been sent (it occupies SND.NXT - 1 once sent).
+    /// Our FIN has been sent and occupies SND.NXT - 1.
     var finSent = false
+    /// The FIN must follow the data being resent after a timeout.
+    public internal(set) var pendingFIN = false
+    // Retransmission (RFC 6298), in milliseconds; srtt 0 until the first measurement.
+    public private(set) var srtt: UInt32 = 0
+    var rttvar: UInt32 = 0
+    public private(set) var rto: UInt32 = 1000
+    /// Consecutive retransmissions of the oldest unacknowledged data.
+    public private(set) var retries: UInt8 = 0
 
     /// Our advertised MSS and window scale on SYNs.
     public static let ourMSS: UInt16 = 1460
     public static let ourWindowScale: UInt8 = 7
     /// Maximum segment lifetime: TIME-WAIT lasts two of them.
     public static let msl = 30_000
+    /// RFC 6298 bounds: at least 200 ms (Linux's floor, below RFC 6298's 1 s), at most 60 s.
+    public static let minRTO: UInt32 = 200
+    public static let maxRTO: UInt32 = 60_000
+    /// Retransmissions before giving up: fewer while connecting.
+    public static let maxRetries: UInt8 = 8
+    public static let maxSynRetries: UInt8 = 5
 
     public init() {}
 
@@ -110,6 +130,7 @@ public struct TCB: Sendable, Equatable {
         t.sndWnd = UInt32(syn.window)  // never scaled on a SYN
         t.maxSndWnd = t.sndWnd
         out.append(.send(t.synSegment(ack: true, now: now)))
+        out.append(.armRetransmit(milliseconds: Int(t.rto)))
         return t
     }
 
@@ -121,6 +142,7 @@ public struct TCB: Sendable, Equatable {
         sndUna = iss
         sndNxt = iss + 1
         out.append(.send(synSegment(ack: false, now: now)))
+        out.append(.armRetransmit(milliseconds: Int(rto)))
     }
 
     func synSegment(ack: Bool, now: UInt32) -> TCPSegmentInfo {
@@ -175,6 +197,7 @@ public struct TCB: Sendable, Equatable {
     }
 
     mutating func sendFIN(now: UInt32, out: inout [TCPAction]) {
+        if sndNxt == sndUna { out.append(.armRetransmit(milliseconds: Int(rto))) }
         out.append(.send(segment(sequence: sndNxt, flags: [.fin, .ack], now: now)))
         sndNxt = sndNxt + 1
         finSent = true
@@ -183,14 +206,73 @@ public struct TCB: Sendable, Equatable {
     /// Sends `length` bytes of application data now (the caller keeps them until acknowledged).
     public mutating func send(length: Int, now: UInt32, out: inout [TCPAction]) {
         precondition(state == .established || state == .closeWait, "Heretic: send in state \(state)")
+        if sndNxt == sndUna { out.append(.armRetransmit(milliseconds: Int(rto))) }
         var s = segment(sequence: sndNxt, flags: [.psh, .ack], now: now)
         s.payloadLength = length
         out.append(.sendData(s))
         sndNxt = sndNxt + length
     }
 
-    /// Bytes sent and not yet acknowledged.
-    public var bytesInFlight: Int { sndNxt - sndUna }
+    /// Bytes sent and not yet acknowledged (data only: SYN and FIN excluded).
+    public var bytesInFlight: Int { (sndNxt - sndUna) - (finSent && sndNxt != sndUna ? 1 : 0) }
+
+    /// Bytes the peer's window lets us send now, beyond what is in flight.
+    public var sendWindowAvailable: Int { max(0, Int(sndWnd) - (sndNxt - sndUna)) }
+
+    /// Whether our FIN is still owed or unacknowledged.
+    public var finPending: Bool { finSent && sndUna != sndNxt }
+
+    // MARK: Retransmission (RFC 6298)
+
+    /// Folds one round-trip sample into SRTT, RTTVAR and RTO.
+    mutating func measured(rtt sample: UInt32) {
+        // An echo from the future, or from before a clock jump, says nothing: ignore it.
+        guard sample <= 2 * Self.maxRTO else { return }
+        let r = max(sample, 1)
+        if srtt == 0 {
+            srtt = r
+            rttvar = r / 2
+        } else {
+            let delta = srtt > r ? srtt - r : r - srtt
+            rttvar = (3 * rttvar + delta) / 4
+            srtt = (7 * srtt + r) / 8
+        }
+        rto = min(Self.maxRTO, max(Self.minRTO, srtt + max(1, 4 * rttvar)))
+    }
+
+    /// The retransmission timer fired: go back to SND.UNA, back off, or give up. The owner
+    /// resends what `.sendData` asks for from its buffer.
+    public mutating func retransmitTimeout(now: UInt32, out: inout [TCPAction]) {
+        guard sndUna != sndNxt, state != .closed, state != .timeWait else { return }
+        let limit = state == .synSent || state == .synReceived ? Self.maxSynRetries : Self.maxRetries
+        if retries >= limit {
+            let wasConnecting = state == .synSent
+            state = .closed
+            out.append(.closed(wasConnecting ? .timedOut : .timedOut))
+            return
+        }
+        retries += 1
+        rto = min(Self.maxRTO, rto * 2)
+        switch state {
+        case .synSent:
+            out.append(.send(synSegment(ack: false, now: now)))
+        case .synReceived:
+            out.append(.send(synSegment(ack: true, now: now)))
+        default:
+            // Go back N: everything after SND.UNA is sent again as the window allows.
+            let dataInFlight = bytesInFlight
+            if dataInFlight > 0 {
+                var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
+                d.payloadLength = min(dataInFlight, Int(sendMSS))
+                out.append(.sendData(d))
+                sndNxt = sndUna + d.payloadLength
+                if finSent { finSent = false; pendingFIN = true }
+            } else if finSent {
+                out.append(.send(segment(sequence: sndUna, flags: [.fin, .ack], now: now)))
+            }
+        }
+        out.append(.armRetransmit(milliseconds: Int(rto)))
+    }
 
     func segment(sequence: SequenceNumber, flags: TCPFlags, now: UInt32) -> TCPSegmentInfo {
         var options = TCPOptions.none
@@ -242,6 +324,9 @@ public struct TCB: Sendable, Equatable {
         negotiate(seg.options)  // scaling applies only if the peer's SYN offered it too (RFC 7323)
         if ackAcceptable {
             sndUna = seg.acknowledgment
+            retries = 0
+            if let ts = seg.options.timestamp, timestamps, ts.echo != 0 { measured(rtt: now &- ts.echo) }
+            out.append(.cancelRetransmit)
             sndWnd = UInt32(seg.window)  // a SYN's window is never scaled
             maxSndWnd = sndWnd
             sndWl1 = seg.sequence
@@ -320,13 +405,23 @@ public struct TCB: Sendable, Equatable {
             sndWl2 = seg.acknowledgment
             out.append(.connected)
         }
+        if state == .finWait1 || state == .closing || state == .lastAck, pendingFIN, seg.acknowledgment == sndNxt {
+            // Data resent after a timeout is all acknowledged: the FIN goes out again.
+            pendingFIN = false
+            sendFIN(now: now, out: &out)
+        }
         // RFC 5961 section 5: an ACK for data never sent, or older than the largest window
         // ever offered, is answered with an ACK and ignored.
         if seg.acknowledgment > sndNxt || seg.acknowledgment < sndUna - Int(maxSndWnd) {
             ack(now: now, out: &out)
             return
         }
-        if seg.acknowledgment > sndUna { sndUna = seg.acknowledgment }
+        if seg.acknowledgment > sndUna {
+            sndUna = seg.acknowledgment
+            retries = 0
+            if let ts = seg.options.timestamp, timestamps, ts.echo != 0 { measured(rtt: now &- ts.echo) }
+            out.append(sndUna == sndNxt ? .cancelRetransmit : .armRetransmit(milliseconds: Int(rto)))
+        }
         if sndWl1 < seg.sequence || (sndWl1 == seg.sequence && sndWl2 <= seg.acknowledgment) {
             sndWnd = UInt32(seg.window) << UInt32(sndScale)
             maxSndWnd = max(maxSndWnd, sndWnd)
