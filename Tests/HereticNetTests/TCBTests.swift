@@ -11,6 +11,15 @@ func segments(_ actions: [TCPAction]) -> [TCPSegmentInfo] {
     }
 }
 
+/// What the owner does with `.acknowledge`: one fresh ACK from the TCB after the round,
+/// unless another segment of the round already carried it.
+func resolved(_ actions: [TCPAction], _ tcb: TCB) -> [TCPAction] {
+    let carried = !segments(actions).isEmpty
+    var out = actions.filter { $0 != .acknowledge }
+    if actions.contains(.acknowledge) && !carried { out.append(.send(tcb.ackSegment(now: 1))) }
+    return out
+}
+
 /// The actions without retransmission-timer bookkeeping.
 func events(_ actions: [TCPAction]) -> [TCPAction] {
     actions.filter {
@@ -25,7 +34,11 @@ func events(_ actions: [TCPAction]) -> [TCPAction] {
 @discardableResult
 func deliver(_ actions: [TCPAction], to tcb: inout TCB, now: UInt32 = 1) -> [TCPAction] {
     var out: [TCPAction] = []
-    for s in segments(actions) { tcb.segmentArrived(s, now: now, out: &out) }
+    for s in segments(actions) {
+        var round: [TCPAction] = []
+        tcb.segmentArrived(s, now: now, out: &round)
+        out += resolved(round, tcb)
+    }
     return out
 }
 
@@ -105,6 +118,7 @@ struct TCBTests {
         overlap.payloadLength = 100
         var o: [TCPAction] = []
         server.segmentArrived(overlap, now: 3, out: &o)
+        o = resolved(o, server)
         #expect(o.first == .deliver(offset: 50, length: 50) && server.rcvNxt == SequenceNumber(1151))
     }
 
@@ -168,6 +182,7 @@ struct TCBTests {
         let fin = segments(serverOut).last!
         var o: [TCPAction] = []
         client.segmentArrived(fin, now: 4, out: &o)
+        o = resolved(o, client)
         #expect(client.state == .timeWait)
     }
 
@@ -177,12 +192,15 @@ struct TCBTests {
         let base = server.rcvNxt
         var o: [TCPAction] = []
         server.segmentArrived(TCPSegmentInfo(sequence: base + 10, flags: .rst), now: 2, out: &o)
+        o = resolved(o, server)
         #expect(server.state == .established && segments(o).first?.flags == .ack, "challenge ACK")
         o = []
         server.segmentArrived(TCPSegmentInfo(sequence: base + 1_000_000, flags: .rst), now: 2, out: &o)
+        o = resolved(o, server)
         #expect(server.state == .established && o.isEmpty, "out of window: dropped silently")
         o = []
         server.segmentArrived(TCPSegmentInfo(sequence: base, flags: .rst), now: 2, out: &o)
+        o = resolved(o, server)
         #expect(server.state == .closed && events(o) == [.closed(.reset)])
     }
 
@@ -191,6 +209,7 @@ struct TCBTests {
         var (_, server) = connectedPair()
         var o: [TCPAction] = []
         server.segmentArrived(TCPSegmentInfo(sequence: server.rcvNxt + 5, flags: .syn), now: 2, out: &o)
+        o = resolved(o, server)
         #expect(server.state == .established && segments(o).map(\.flags) == [.ack])
     }
 
@@ -200,6 +219,7 @@ struct TCBTests {
         var o: [TCPAction] = []
         let bogus = TCPSegmentInfo(sequence: server.rcvNxt, acknowledgment: server.sndNxt + 5000, flags: .ack)
         server.segmentArrived(bogus, now: 2, out: &o)
+        o = resolved(o, server)
         #expect(segments(o).count == 1 && server.sndUna == server.sndNxt - 0)
         _ = client
     }
@@ -211,12 +231,14 @@ struct TCBTests {
         var o: [TCPAction] = []
         client.segmentArrived(TCPSegmentInfo(sequence: SequenceNumber(0), acknowledgment: SequenceNumber(1001),
                                              flags: [.rst, .ack]), now: 2, out: &o)
+        o = resolved(o, client)
         #expect(events(o) == [.closed(.refused)] && client.state == .closed)
         var c2 = TCB(), out2: [TCPAction] = []
         c2.connect(iss: SequenceNumber(1000), now: 1, out: &out2)
         var o2: [TCPAction] = []
         c2.segmentArrived(TCPSegmentInfo(sequence: SequenceNumber(7), acknowledgment: SequenceNumber(99),
                                          flags: [.syn, .ack]), now: 2, out: &o2)
+        o2 = resolved(o2, c2)
         #expect(segments(o2).map(\.flags) == [.rst] && segments(o2).first?.sequence == SequenceNumber(99))
         #expect(c2.state == .synSent, "a bad SYN-ACK does not disturb the connecting side")
     }
@@ -228,6 +250,7 @@ struct TCBTests {
         let far = TCPSegmentInfo(sequence: server.rcvNxt + 200_000, acknowledgment: server.sndNxt,
                                  flags: [.psh, .ack], payloadLength: 10)
         server.segmentArrived(far, now: 2, out: &o)
+        o = resolved(o, server)
         #expect(segments(o).map(\.flags) == [.ack] && !o.contains(.deliver(offset: 0, length: 10)))
     }
 
@@ -246,6 +269,7 @@ struct TCBTests {
         // An acknowledgement resets the count.
         var ackOut: [TCPAction] = []
         server.segmentArrived(segments(o)[0], now: 1020, out: &ackOut)
+        ackOut = resolved(ackOut, server)
         deliver(ackOut, to: &client, now: 1030)
         #expect(client.retries == 0 && client.sndUna == SequenceNumber(2461) && client.bytesInFlight == 0)
         // The owner sends the rest again (it still holds it); unanswered, it times out.

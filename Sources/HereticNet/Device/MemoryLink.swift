@@ -1,5 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 /// Two devices joined by in-memory queues: what one transmits, the other receives, in order.
 /// The deterministic wire for tests and simulations (wrap it in a `FaultInjector` for loss).
+/// With HERETIC_TRACE set in the environment, every frame crossing it is printed dissected.
 public final class MemoryLink {
     public final class End: NetworkDevice {
         public let mtu: Int
@@ -11,6 +15,7 @@ public final class MemoryLink {
         public private(set) var framesSent = 0
         public private(set) var framesReceived = 0
 
+        var name = ""
         init(mtu: Int) { self.mtu = mtu }
 
         public func receive(into frames: inout [Packet], limit: Int, pool: PacketPool) -> Int {
@@ -27,7 +32,9 @@ public final class MemoryLink {
         }
 
         public func transmit(_ frames: inout [Packet], pool: PacketPool) {
+            let trace = getenv("HERETIC_TRACE") != nil
             for f in frames {
+                if trace { print(name, Dissection.dissect(pool.bytes(f), length: Int(f.length))) }
                 peer?.inbound.append(pool.contents(f))
                 pool.release(f)
                 framesSent += 1
@@ -47,5 +54,7 @@ public final class MemoryLink {
         b = End(mtu: mtu)
         a.peer = b
         b.peer = a
+        a.name = "a>"
+        b.name = "b>"
     }
 }

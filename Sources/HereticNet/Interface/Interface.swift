@@ -29,7 +29,7 @@ public final class Interface {
     public let device: NetworkDevice
     public let pool: PacketPool
     public let configuration: InterfaceConfiguration
-    @exclusivity(unchecked) public private(set) var counters = InterfaceCounters()
+    @exclusivity(unchecked) public internal(set) var counters = InterfaceCounters()
     @exclusivity(unchecked) var arp: ARPCache
     /// Bound UDP handlers by port: a flat table, allocated on the first bind (512 KiB).
     @exclusivity(unchecked) var udp: [AnyUDPBinding?] = []
@@ -39,6 +39,14 @@ public final class Interface {
     @exclusivity(unchecked) public private(set) var now: UInt64 = 0
     let verifyChecksums: Bool
     let subnetMask: UInt32
+    /// Created on first use: an interface that never speaks TCP carries none of it.
+    var tcpLayer: TCPLayer?
+    var tcp: TCPLayer {
+        if let t = tcpLayer { return t }
+        let t = TCPLayer(interface: self)
+        tcpLayer = t
+        return t
+    }
 
     public init(device: NetworkDevice, pool: PacketPool, configuration: InterfaceConfiguration) {
         self.device = device
@@ -71,6 +79,20 @@ public final class Interface {
     /// conversation). Use it on the interface's core.
     public func udpSocket(port: UInt16) -> UDPSocket { UDPSocket(interface: self, localPort: port) }
 
+    /// Accepts TCP connections on `port`, each with a handler made by `makeHandler`.
+    public func listenTCP<H: TCPHandler>(port: UInt16, _ makeHandler: @escaping () -> H) throws(NetError) {
+        try tcp.listen(port: port, makeHandler: makeHandler)
+    }
+
+    /// Opens a TCP connection; `handler` hears of it. Returns the local port chosen.
+    @discardableResult
+    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, _ handler: H) -> UInt16 {
+        tcp.connect(to: remote, handler: handler)
+    }
+
+    /// Live TCP connections (any state but closed).
+    public var tcpConnectionCount: Int { tcpLayer?.connectionCount ?? 0 }
+
     /// The MAC address ARP has for `address`, if resolved and not expired.
     public func neighbor(_ address: IPv4Address) -> MACAddress? { arp.lookup(address, now: now) }
 
@@ -96,6 +118,7 @@ public final class Interface {
     @discardableResult
     public func poll(now: UInt64) -> Int {
         self.now = now
+        tcpLayer?.tick(now: now)
         rx.removeAll(keepingCapacity: true)
         let n = device.receive(into: &rx, limit: configuration.receiveBatch, pool: pool)
         counters.framesReceived += n
@@ -168,6 +191,7 @@ public final class Interface {
         switch ip.proto {
         case IPProtocol.udp: handleUDP(frame, ip)
         case IPProtocol.icmp: handleICMP(frame, ip)
+        case IPProtocol.tcp: handleTCP(frame, ip)
         default:
             counters.unknownProtocol += 1
             pool.release(frame)
@@ -225,6 +249,20 @@ public final class Interface {
         var socket = UDPSocket(interface: self, localPort: u.destinationPort)
         binding.deliver(UnsafeRawBufferPointer(start: u.data, count: u.dataLength),
                         from: UDPEndpoint(ip.source, u.sourcePort), &socket)
+    }
+
+    func handleTCP(_ frame: Packet, _ ip: IPv4Packet) {
+        defer { pool.release(frame) }
+        let t: TCPSegment
+        do {
+            t = try TCPSegment(ip.payload, length: ip.payloadLength, source: ip.source,
+                               destination: ip.destination, verifyChecksum: verifyChecksums)
+        } catch {
+            count(error, layer: \.tcpErrors)
+            return
+        }
+        guard ip.destination == address else { counters.ipNotForUs += 1; return }
+        tcp.segmentArrived(t, source: ip.source)
     }
 
     /// RFC 1122: destination unreachable quoting the IP header and 8 bytes of the datagram.

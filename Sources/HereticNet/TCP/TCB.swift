@@ -34,8 +34,11 @@ public struct TCPSegmentInfo: Sendable, Equatable {
 
 /// What the state machine asks its owner to do.
 public enum TCPAction: Equatable, Sendable {
-    /// Send a segment without payload (control or pure acknowledgement).
+    /// Send a segment without payload (control segments: SYN, FIN, RST).
     case send(TCPSegmentInfo)
+    /// Acknowledge what was received. The owner builds the ACK once everything else of this
+    /// round went out (`ackSegment`), and skips it if another segment already carried it.
+    case acknowledge
     /// Send `length` bytes of the application's data starting at `sequence`, with these flags.
     case sendData(TCPSegmentInfo)
     /// `length` in-order bytes at `offset` of the segment's payload are the application's.
@@ -205,12 +208,26 @@ public struct TCB: Sendable, Equatable {
 
     /// Sends `length` bytes of application data now (the caller keeps them until acknowledged).
     public mutating func send(length: Int, now: UInt32, out: inout [TCPAction]) {
-        precondition(state == .established || state == .closeWait, "Heretic: send in state \(state)")
+        precondition(canSendData, "Heretic: send in state \(state)")
         if sndNxt == sndUna { out.append(.armRetransmit(milliseconds: Int(rto))) }
         var s = segment(sequence: sndNxt, flags: [.psh, .ack], now: now)
         s.payloadLength = length
         out.append(.sendData(s))
         sndNxt = sndNxt + length
+    }
+
+    /// Whether data may go out: while open, or (after a timeout sent us back) for the data
+    /// that precedes a FIN not yet sent again.
+    public var canSendData: Bool {
+        state == .established || state == .closeWait
+            || (pendingFIN && (state == .finWait1 || state == .closing || state == .lastAck))
+    }
+
+    /// After a timeout, once all data before it went out again, the FIN follows it.
+    public mutating func resendFIN(now: UInt32, out: inout [TCPAction]) {
+        guard pendingFIN else { return }
+        pendingFIN = false
+        sendFIN(now: now, out: &out)
     }
 
     /// Bytes sent and not yet acknowledged (data only: SYN and FIN excluded).
@@ -282,7 +299,12 @@ public struct TCB: Sendable, Equatable {
     }
 
     mutating func ack(now: UInt32, out: inout [TCPAction]) {
-        out.append(.send(segment(sequence: sndNxt, flags: .ack, now: now)))
+        if out.last != .acknowledge { out.append(.acknowledge) }
+    }
+
+    /// A pure ACK carrying the current sequence and acknowledgment numbers.
+    public func ackSegment(now: UInt32) -> TCPSegmentInfo {
+        segment(sequence: sndNxt, flags: .ack, now: now)
     }
 
     // MARK: Segment arrives (RFC 9293 section 3.10.7)
@@ -374,8 +396,9 @@ public struct TCB: Sendable, Equatable {
             return
         }
         // Second: RST (RFC 5961 section 3): exact match resets, anything else in the window
-        // earns a challenge ACK.
+        // earns a challenge ACK. TIME-WAIT ignores RST (RFC 1337: no assassination).
         if seg.flags.contains(.rst) {
+            if state == .timeWait { return }
             if seg.sequence == rcvNxt {
                 let wasSynReceivedFromListen = state == .synReceived
                 state = .closed
@@ -405,11 +428,7 @@ public struct TCB: Sendable, Equatable {
             sndWl2 = seg.acknowledgment
             out.append(.connected)
         }
-        if state == .finWait1 || state == .closing || state == .lastAck, pendingFIN, seg.acknowledgment == sndNxt {
-            // Data resent after a timeout is all acknowledged: the FIN goes out again.
-            pendingFIN = false
-            sendFIN(now: now, out: &out)
-        }
+
         // RFC 5961 section 5: an ACK for data never sent, or older than the largest window
         // ever offered, is answered with an ACK and ignored.
         if seg.acknowledgment > sndNxt || seg.acknowledgment < sndUna - Int(maxSndWnd) {

@@ -1,0 +1,471 @@
+import HereticCore
+
+/// The far end of a connection.
+public struct TCPEndpoint: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPv4Address
+    public var port: UInt16
+    public init(_ address: IPv4Address, _ port: UInt16) { self.address = address; self.port = port }
+    public var description: String { "\(address):\(port)" }
+}
+
+/// A connection's behaviour: a value type whose stored properties are the connection's
+/// application state, kept inline beside its control block (no object per connection).
+/// Every callback runs on the interface's core.
+public protocol TCPHandler {
+    /// The handshake completed.
+    mutating func connected(_ connection: inout TCPConnection)
+    /// In-order bytes arrived. They point into the received packet: copy what must outlive
+    /// the call.
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection)
+    /// The peer will send no more (FIN).
+    mutating func peerClosed(_ connection: inout TCPConnection)
+    /// The connection is gone; its slot is reused after this returns.
+    mutating func closed(_ reason: TCPCloseReason)
+}
+
+extension TCPHandler {
+    public mutating func connected(_ connection: inout TCPConnection) {}
+    public mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {}
+    public mutating func peerClosed(_ connection: inout TCPConnection) { connection.close() }
+    public mutating func closed(_ reason: TCPCloseReason) {}
+}
+
+/// What a handler can do to its connection while it runs.
+public struct TCPConnection {
+    @usableFromInline unowned(unsafe) let layer: TCPLayer
+    @usableFromInline let ref: UInt64
+    public let remote: TCPEndpoint
+    public let localPort: UInt16
+
+    /// Queues bytes for sending (copied: the caller's buffer is free on return) and sends
+    /// what the peer's window allows now. False when the connection cannot send any more.
+    @discardableResult
+    public func send(_ bytes: UnsafeRawBufferPointer) -> Bool { layer.send(ref, bytes) }
+
+    /// Sends FIN once everything queued has gone out.
+    public func close() { layer.close(ref) }
+
+    /// Sends RST and drops the connection at once.
+    public func abort() { layer.abort(ref) }
+
+    /// Bytes queued and not yet acknowledged.
+    public var bytesQueued: Int { layer.queued(ref) }
+}
+
+/// Per-connection data waiting for acknowledgement: created with the first byte sent and
+/// released when the last is acknowledged ("lazy IO": an idle connection owns no buffer).
+struct SendQueue {
+    var bytes: [UInt8] = []
+    /// Bytes at the front already acknowledged (trimmed in batches).
+    var acked = 0
+    var closeRequested = false
+
+    var pending: Int { bytes.count - acked }
+}
+
+/// Type-erased storage of one handler type's connections.
+class AnyTCPArena {
+    func arrived(_ slot: UInt32, _ seg: TCPSegmentInfo, _ payload: UnsafeRawPointer?) {}
+    func timerFired(_ slot: UInt32) {}
+    func run(_ slot: UInt32, _ body: (inout TCB) -> Void) {}
+    func endpoints(_ slot: UInt32) -> (TCPEndpoint, UInt16) { fatalError() }
+    func tcb(_ slot: UInt32) -> TCB { fatalError() }
+    func accept(_ syn: TCPSegmentInfo, from: TCPEndpoint, localPort: UInt16) -> UInt32? { nil }
+    func applyActions(_ slot: UInt32, _ actions: [TCPAction]) {}
+    var live: Int { 0 }
+}
+
+final class TCPArena<H: TCPHandler>: AnyTCPArena {
+    struct Slot {
+        var tcb: TCB
+        var handler: H
+        var remote: TCPEndpoint
+        var localPort: UInt16
+        var timer: TimerHandle?
+        var inUse: Bool
+    }
+
+    unowned(unsafe) let layer: TCPLayer
+    let index: UInt16
+    let makeHandler: (() -> H)?
+    @exclusivity(unchecked) var slots: [Slot] = []
+    @exclusivity(unchecked) var free: [UInt32] = []
+    @exclusivity(unchecked) var count = 0
+
+    init(layer: TCPLayer, index: UInt16, makeHandler: (() -> H)?) {
+        self.layer = layer
+        self.index = index
+        self.makeHandler = makeHandler
+    }
+
+    override var live: Int { count }
+
+    func allocate(_ slot: Slot) -> UInt32 {
+        count += 1
+        if let i = free.popLast() {
+            slots[Int(i)] = slot
+            return i
+        }
+        slots.append(slot)
+        return UInt32(slots.count - 1)
+    }
+
+    func ref(_ slot: UInt32) -> UInt64 { UInt64(index) << 32 | UInt64(slot) }
+
+    override func endpoints(_ slot: UInt32) -> (TCPEndpoint, UInt16) {
+        (slots[Int(slot)].remote, slots[Int(slot)].localPort)
+    }
+
+    override func tcb(_ slot: UInt32) -> TCB { slots[Int(slot)].tcb }
+
+    override func accept(_ syn: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16) -> UInt32? {
+        guard let make = makeHandler else { return nil }
+        var out: [TCPAction] = []
+        let iss = layer.initialSequenceNumber(remote: remote, localPort: localPort)
+        let tcb = TCB.accept(syn, iss: iss, now: layer.clock, out: &out)
+        let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort, timer: nil, inUse: true))
+        layer.register(ref(slot), remote: remote, localPort: localPort)
+        apply(slot, out, payload: nil)
+        return slot
+    }
+
+    /// Starts an active open with `handler`.
+    func connect(to remote: TCPEndpoint, localPort: UInt16, handler: H) -> UInt32 {
+        var tcb = TCB()
+        var out: [TCPAction] = []
+        tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort), now: layer.clock, out: &out)
+        let slot = allocate(Slot(tcb: tcb, handler: handler, remote: remote, localPort: localPort, timer: nil, inUse: true))
+        layer.register(ref(slot), remote: remote, localPort: localPort)
+        apply(slot, out, payload: nil)
+        return slot
+    }
+
+    override func arrived(_ slot: UInt32, _ seg: TCPSegmentInfo, _ payload: UnsafeRawPointer?) {
+        var out: [TCPAction] = []
+        let before = slots[Int(slot)].tcb.sndUna
+        slots[Int(slot)].tcb.segmentArrived(seg, now: layer.clock, out: &out)
+        let advanced = slots[Int(slot)].tcb.sndUna - before
+        if advanced > 0 { layer.acknowledged(ref(slot), advanced) }
+        apply(slot, out, payload: payload)
+        if slots[Int(slot)].inUse { layer.pump(ref(slot)) }
+    }
+
+    override func timerFired(_ slot: UInt32) {
+        guard slots[Int(slot)].inUse else { return }
+        slots[Int(slot)].timer = nil
+        var out: [TCPAction] = []
+        if slots[Int(slot)].tcb.state == .timeWait {
+            slots[Int(slot)].tcb.timeWaitExpired(out: &out)
+        } else {
+            slots[Int(slot)].tcb.retransmitTimeout(now: layer.clock, out: &out)
+        }
+        apply(slot, out, payload: nil)
+        if slots[Int(slot)].inUse { layer.pump(ref(slot)) }
+    }
+
+    override func run(_ slot: UInt32, _ body: (inout TCB) -> Void) {
+        body(&slots[Int(slot)].tcb)
+    }
+
+    override func applyActions(_ slot: UInt32, _ actions: [TCPAction]) {
+        apply(slot, actions, payload: nil)
+    }
+
+    /// Carries out what the state machine asked for, calling the handler for events.
+    func apply(_ slot: UInt32, _ actions: [TCPAction], payload: UnsafeRawPointer?) {
+        let r = ref(slot)
+        let sentBefore = layer.segmentsSent
+        var ackWanted = false
+        defer {
+            // One fresh ACK after everything else, unless a segment already carried it.
+            if ackWanted, slots[Int(slot)].inUse, layer.segmentsSent == sentBefore {
+                layer.emit(slots[Int(slot)].tcb.ackSegment(now: layer.clock), ref: r, payload: nil)
+            }
+        }
+        for action in actions {
+            guard slots[Int(slot)].inUse else { return }
+            switch action {
+            case .acknowledge:
+                ackWanted = true
+            case .send(let seg):
+                layer.emit(seg, ref: r, payload: nil)
+            case .sendData(let seg):
+                layer.emitData(seg, ref: r, sndUna: slots[Int(slot)].tcb.sndUna)
+            case .deliver(let offset, let length):
+                guard let p = payload else { continue }
+                var c = connection(slot)
+                slots[Int(slot)].handler.received(UnsafeRawBufferPointer(start: p + offset, count: length), &c)
+            case .connected:
+                var c = connection(slot)
+                slots[Int(slot)].handler.connected(&c)
+            case .peerClosed:
+                var c = connection(slot)
+                slots[Int(slot)].handler.peerClosed(&c)
+            case .closed(let reason):
+                finish(slot, reason)
+            case .startTimeWait(let ms), .armRetransmit(let ms):
+                if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
+                slots[Int(slot)].timer = layer.timers.arm(at: UInt64(layer.clock) + UInt64(ms) + 1, payload: r)
+            case .cancelRetransmit:
+                if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
+                slots[Int(slot)].timer = nil
+            }
+        }
+    }
+
+    func connection(_ slot: UInt32) -> TCPConnection {
+        TCPConnection(layer: layer, ref: ref(slot), remote: slots[Int(slot)].remote, localPort: slots[Int(slot)].localPort)
+    }
+
+    func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
+        let s = slots[Int(slot)]
+        if let t = s.timer { layer.timers.cancel(t) }
+        slots[Int(slot)].inUse = false
+        slots[Int(slot)].timer = nil
+        layer.unregister(ref(slot), remote: s.remote, localPort: s.localPort)
+        slots[Int(slot)].handler.closed(reason)
+        free.append(slot)
+        count -= 1
+    }
+}
+
+/// The TCP of one interface: connections, listeners, timers and the segments between them.
+public final class TCPLayer {
+    unowned(unsafe) let interface: Interface
+    @exclusivity(unchecked) var arenas: [AnyTCPArena] = []
+    @exclusivity(unchecked) var listeners: [UInt16: AnyTCPArena] = [:]
+    /// Arenas for actively opened connections, one per handler type.
+    @exclusivity(unchecked) var connectArenas: [ObjectIdentifier: AnyTCPArena] = [:]
+    /// (remote address, remote port, local port) to connection.
+    @exclusivity(unchecked) var table: [UInt64: UInt64] = [:]
+    @exclusivity(unchecked) var sendQueues: [UInt64: SendQueue] = [:]
+    @exclusivity(unchecked) var timers = TimerWheel()
+    @exclusivity(unchecked) var expired: [UInt64] = []
+    @exclusivity(unchecked) var nextEphemeral: UInt16 = 49_152
+    /// Milliseconds, from the interface's poll.
+    @exclusivity(unchecked) var clock: UInt32 = 0
+    /// RFC 6528's secret: a random key per layer.
+    let secret: UInt64 = UInt64.random(in: 0...UInt64.max)
+    public private(set) var resetsSent = 0
+    /// Segments built, for ACK coalescing (any segment carries the current ACK).
+    @exclusivity(unchecked) var segmentsSent = 0
+
+    init(interface: Interface) { self.interface = interface }
+
+    deinit { timers.release() }
+
+    /// Connections alive (any state but CLOSED).
+    public var connectionCount: Int { arenas.reduce(0) { $0 + $1.live } }
+
+    static func key(_ remote: TCPEndpoint, _ localPort: UInt16) -> UInt64 {
+        UInt64(remote.address.raw) << 32 | UInt64(remote.port) << 16 | UInt64(localPort)
+    }
+
+    func register(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
+        table[Self.key(remote, localPort)] = ref
+    }
+
+    func unregister(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
+        let k = Self.key(remote, localPort)
+        if table[k] == ref { table[k] = nil }
+        sendQueues[ref] = nil
+    }
+
+    /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
+    func initialSequenceNumber(remote: TCPEndpoint, localPort: UInt16) -> SequenceNumber {
+        var h = Hasher()
+        h.combine(secret)
+        h.combine(interface.address.raw)
+        h.combine(localPort)
+        h.combine(remote.address.raw)
+        h.combine(remote.port)
+        let f = UInt32(truncatingIfNeeded: h.finalize())
+        return SequenceNumber(f &+ clock &* 250)
+    }
+
+    func arena(_ ref: UInt64) -> AnyTCPArena { arenas[Int(ref >> 32)] }
+
+    // MARK: API
+
+    /// Accepts connections on `port`; each gets a handler from `makeHandler`.
+    func listen<H: TCPHandler>(port: UInt16, makeHandler: @escaping () -> H) throws(NetError) {
+        guard listeners[port] == nil else { throw .addressInUse(port) }
+        let a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: makeHandler)
+        arenas.append(a)
+        listeners[port] = a
+    }
+
+    /// Opens a connection to `remote` with `handler`; returns the local port used.
+    func connect<H: TCPHandler>(to remote: TCPEndpoint, handler: H) -> UInt16 {
+        var port = nextEphemeral
+        while table[Self.key(remote, port)] != nil || listeners[port] != nil {
+            port = port == UInt16.max ? 49_152 : port + 1
+        }
+        nextEphemeral = port == UInt16.max ? 49_152 : port + 1
+        let a: TCPArena<H>
+        if let existing = connectArenas[ObjectIdentifier(H.self)] {
+            a = unsafeDowncast(existing, to: TCPArena<H>.self)
+        } else {
+            a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: nil)
+            arenas.append(a)
+            connectArenas[ObjectIdentifier(H.self)] = a
+        }
+        _ = a.connect(to: remote, localPort: port, handler: handler)
+        return port
+    }
+
+    func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        let tcb = arena(ref).tcb(UInt32(truncatingIfNeeded: ref))
+        guard tcb.state == .established || tcb.state == .closeWait || tcb.state == .synSent || tcb.state == .synReceived,
+              sendQueues[ref]?.closeRequested != true else { return false }
+        sendQueues[ref, default: SendQueue()].bytes.append(contentsOf: bytes)
+        pump(ref)
+        return true
+    }
+
+    func close(_ ref: UInt64) {
+        if sendQueues[ref] != nil {
+            sendQueues[ref]!.closeRequested = true
+            pump(ref)
+        } else {
+            var out: [TCPAction] = []
+            let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+            a.run(slot) { $0.close(now: clock, out: &out) }
+            (a as AnyTCPArena).applyErased(slot, out)
+        }
+    }
+
+    func abort(_ ref: UInt64) {
+        var out: [TCPAction] = []
+        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        a.run(slot) { $0.abort(out: &out) }
+        a.applyErased(slot, out)
+    }
+
+    func queued(_ ref: UInt64) -> Int { sendQueues[ref]?.pending ?? 0 }
+
+    /// Sends queued data as the window allows; FIN once the queue has gone out.
+    func pump(_ ref: UInt64) {
+        guard var q = sendQueues[ref] else { return }
+        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        var out: [TCPAction] = []
+        a.run(slot) { tcb in
+            guard tcb.canSendData else { return }
+            while true {
+                let unsent = q.pending - tcb.bytesInFlight
+                let room = min(tcb.sendWindowAvailable, Int(tcb.sendMSS))
+                guard unsent > 0, room > 0 else { break }
+                tcb.send(length: min(unsent, room), now: clock, out: &out)
+            }
+            guard q.pending == tcb.bytesInFlight else { return }  // data still to (re)send
+            if tcb.pendingFIN {
+                tcb.resendFIN(now: clock, out: &out)
+            } else if q.closeRequested && !tcb.finPending {
+                tcb.close(now: clock, out: &out)
+                q.closeRequested = false
+            }
+        }
+        sendQueues[ref] = q.pending == 0 && !q.closeRequested ? nil : q
+        a.applyErased(slot, out)
+    }
+
+    /// `count` more bytes (or SYN/FIN) were acknowledged: drop them from the queue.
+    func acknowledged(_ ref: UInt64, _ count: Int) {
+        guard var q = sendQueues[ref] else { return }
+        q.acked = min(q.bytes.count, q.acked + count)
+        if q.acked == q.bytes.count {
+            q.bytes.removeAll()
+            q.acked = 0
+        } else if q.acked > 65_536 {
+            q.bytes.removeFirst(q.acked)
+            q.acked = 0
+        }
+        sendQueues[ref] = q.pending == 0 && !q.closeRequested ? nil : q
+    }
+
+    // MARK: Segments
+
+    /// A TCP segment for this interface (checksum already verified).
+    func segmentArrived(_ tcp: TCPSegment, source: IPv4Address) {
+        let options: TCPOptions
+        do { options = try tcp.options() } catch {
+            interface.counters.tcpErrors += 1
+            return
+        }
+        let seg = TCPSegmentInfo(sequence: SequenceNumber(tcp.sequenceNumber),
+                                 acknowledgment: SequenceNumber(tcp.acknowledgmentNumber), flags: tcp.flags,
+                                 window: tcp.window, options: options, payloadLength: tcp.payloadLength)
+        let remote = TCPEndpoint(source, tcp.sourcePort)
+        if let ref = table[Self.key(remote, tcp.destinationPort)] {
+            arena(ref).arrived(UInt32(truncatingIfNeeded: ref), seg, UnsafeRawPointer(tcp.payload))
+            return
+        }
+        if seg.flags.contains(.syn) && !seg.flags.contains(.ack) && !seg.flags.contains(.rst),
+           let listener = listeners[tcp.destinationPort] {
+            _ = listener.accept(seg, from: remote, localPort: tcp.destinationPort)
+            return
+        }
+        // RFC 9293 3.10.7.1: nothing here. Answer anything but a RST with a RST.
+        guard !seg.flags.contains(.rst) else { return }
+        if seg.flags.contains(.ack) {
+            sendReset(to: remote, localPort: tcp.destinationPort, sequence: seg.acknowledgment, acknowledgment: nil)
+        } else {
+            sendReset(to: remote, localPort: tcp.destinationPort, sequence: SequenceNumber(0),
+                      acknowledgment: seg.sequence + seg.length)
+        }
+    }
+
+    func sendReset(to remote: TCPEndpoint, localPort: UInt16, sequence: SequenceNumber, acknowledgment: SequenceNumber?) {
+        let seg = TCPSegmentInfo(sequence: sequence, acknowledgment: acknowledgment ?? SequenceNumber(0),
+                                 flags: acknowledgment == nil ? .rst : [.rst, .ack], window: 0)
+        resetsSent += 1
+        build(seg, remote: remote, localPort: localPort, payload: nil)
+    }
+
+    func emit(_ seg: TCPSegmentInfo, ref: UInt64, payload: UnsafeRawPointer?) {
+        let (remote, localPort) = arena(ref).endpoints(UInt32(truncatingIfNeeded: ref))
+        build(seg, remote: remote, localPort: localPort, payload: payload)
+    }
+
+    /// Sends a data segment whose bytes come from the connection's queue.
+    func emitData(_ seg: TCPSegmentInfo, ref: UInt64, sndUna: SequenceNumber) {
+        guard let q = sendQueues[ref] else { return }
+        let offset = seg.sequence - sndUna
+        guard offset >= 0, offset + seg.payloadLength <= q.pending else { return }
+        q.bytes.withUnsafeBytes { b in
+            emit(seg, ref: ref, payload: b.baseAddress! + q.acked + offset)
+        }
+    }
+
+    func build(_ seg: TCPSegmentInfo, remote: TCPEndpoint, localPort: UInt16, payload: UnsafeRawPointer?) {
+        let header = TCPSegment.minimumHeaderLength + seg.options.encodedLength
+        let total = header + seg.payloadLength
+        guard var p = interface.pool.allocate(length: total) else { interface.counters.noBuffers += 1; return }
+        let base = interface.pool.bytes(p)
+        if let payload, seg.payloadLength > 0 { (base + header).copyMemory(from: payload, byteCount: seg.payloadLength) }
+        TCPSegment.emit(into: base, sourcePort: localPort, destinationPort: remote.port,
+                        sequenceNumber: seg.sequence.raw, acknowledgmentNumber: seg.acknowledgment.raw,
+                        flags: seg.flags, window: seg.window, options: seg.options,
+                        payloadLength: seg.payloadLength, source: interface.address, destination: remote.address)
+        p.length = UInt16(total)
+        segmentsSent += 1
+        interface.sendIPv4(p, to: remote.address, protocol: IPProtocol.tcp)
+    }
+
+    /// Advances the timers to `now` (milliseconds) and runs what expired.
+    func tick(now: UInt64) {
+        clock = UInt32(truncatingIfNeeded: now)
+        guard timers.count > 0 else { return }
+        timers.advance(to: now, into: &expired)
+        for ref in expired { arena(ref).timerFired(UInt32(truncatingIfNeeded: ref)) }
+        expired.removeAll(keepingCapacity: true)
+    }
+}
+
+extension AnyTCPArena {
+    /// Applies actions through the typed arena (which knows the handler type).
+    func applyErased(_ slot: UInt32, _ actions: [TCPAction]) {
+        guard !actions.isEmpty else { return }
+        applyActions(slot, actions)
+    }
+}
