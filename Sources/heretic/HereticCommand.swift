@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reproduce the brief's workloads on this machine.",
         discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
-        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self],
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self],
         defaultSubcommand: Suite.self
     )
 
@@ -162,6 +162,30 @@ extension Bench {
 
         func run() throws {
             try report([try UDPEchoBenchmark(layout: layout, flows: flows, seconds: seconds).run()], output)
+        }
+    }
+}
+
+extension Bench {
+    struct TCPEcho: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "tcp-echo",
+            abstract: "Long TCP connections through the virtual switch, each looping: send 150 bytes, wait for the echo.",
+            discussion: "With no --conns, runs the brief's row: 1, 8, 32, 64, 128 and 256 connections. (The brief's 1 M connections need the compact connection table still to come.)")
+        @Option(help: "loopback (client and server stacks on one core) or balanced (one core each).")
+        var layout = StackLayout.loopback
+        @Option(name: .customLong("conns"), help: "Concurrent connections.") var connections: Int?
+        @Option(help: "Seconds per row.") var seconds = 3.0
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if let c = connections, c < 1 || c > 16_000 { throw ValidationError("--conns must be between 1 and 16000") }
+            if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
+        }
+
+        func run() throws {
+            let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
+            try report(try rows.map { try TCPEchoBenchmark(layout: layout, connections: $0, seconds: seconds).run() }, output)
         }
     }
 }

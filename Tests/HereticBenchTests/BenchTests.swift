@@ -53,6 +53,17 @@ struct BenchTests {
         }
     }
 
+    @Test("udp-echo and tcp-echo: every echo verified in both layouts", arguments: StackLayout.allCases)
+    func echoes(layout: StackLayout) throws {
+        let u = try UDPEchoBenchmark(layout: layout, flows: 16, seconds: 0.2).run()
+        #expect(u.verified && (u["echoes_verified"]?.asDouble ?? 0) > 0)
+        let t = try TCPEchoBenchmark(layout: layout, connections: 8, seconds: 0.2).run()
+        #expect(t.verified && (t["echoes_verified"]?.asDouble ?? 0) > 0)
+        for key in ["bench", "layout", "conns", "echoes_per_sec", "rtt_p50_us", "rtt_p99_us", "rtt_p999_us"] {
+            #expect(t[key] != nil, "field \(key)")
+        }
+    }
+
     @Test("bad arguments are refused with a message")
     func badArguments() {
         #expect(throws: BenchError.self) { try EventsBenchmark(tasks: 1, cores: 1, seconds: 1).run() }

@@ -119,8 +119,9 @@ public final class Interface {
     public func poll(now: UInt64) -> Int {
         self.now = now
         tcpLayer?.tick(now: now)
-        rx.removeAll(keepingCapacity: true)
+        if !rx.isEmpty { rx.removeAll(keepingCapacity: true) }
         let n = device.receive(into: &rx, limit: configuration.receiveBatch, pool: pool)
+        if n == 0 && tx.isEmpty && arp.waiting.isEmpty { return 0 }  // the common idle turn
         counters.framesReceived += n
         for frame in rx { handleFrame(frame) }
         retryARP()

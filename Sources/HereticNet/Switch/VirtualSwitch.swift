@@ -163,8 +163,10 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
             }
         }
         frames.removeAll(keepingCapacity: true)
-        for ring in touched { ring.publish() }
-        touched.removeAll(keepingCapacity: true)
+        if !touched.isEmpty {
+            for ring in touched { ring.publish() }
+            touched.removeAll(keepingCapacity: true)
+        }
     }
 
     private func forward(_ f: Packet, to port: SwitchPort, consume: Bool) {
