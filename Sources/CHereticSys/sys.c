@@ -85,6 +85,22 @@ int heretic_eventfd_wait(int fd, int timeout_ms) {
     return 1;
 }
 
+int heretic_eventfd_wait_ns(int fd, int64_t timeout_ns) {
+    struct pollfd p = { .fd = fd, .events = POLLIN, .revents = 0 };
+    struct timespec ts, *tp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = (time_t)(timeout_ns / 1000000000);
+        ts.tv_nsec = (long)(timeout_ns % 1000000000);
+        tp = &ts;
+    }
+    int rc;
+    do { rc = ppoll(&p, 1, tp, NULL); } while (rc < 0 && errno == EINTR);
+    if (rc <= 0) return 0;
+    uint64_t value;
+    while (read(fd, &value, sizeof(value)) > 0) {}
+    return 1;
+}
+
 void heretic_close(int fd) { close(fd); }
 
 /* Reads a small /proc file into `buffer` as a C string; returns 0 when unreadable. */

@@ -29,6 +29,9 @@ void heretic_eventfd_signal(int fd);
 /// Waits until the fd is readable or `timeout_ms` passes (-1: forever); drains it.
 /// Returns 1 when signalled, 0 on timeout.
 int heretic_eventfd_wait(int fd, int timeout_ms);
+/// Like heretic_eventfd_wait with a timeout in nanoseconds (-1: forever), so a core can
+/// sleep to the exact start of its next timer tick.
+int heretic_eventfd_wait_ns(int fd, int64_t timeout_ns);
 void heretic_close(int fd);
 
 /// Resident set size of this process in bytes, read from /proc/self/statm (0 if unreadable).

@@ -399,11 +399,15 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
             sleeping.store(false, ordering: .relaxed)
             return
         }
-        var timeout: Int32 = -1
+        // Sleep to the exact start of the next tick with work, not a whole number of
+        // milliseconds from now (which would overshoot by the part of this tick gone).
+        var timeout: Int64 = -1
         if let next = state.pointee.timers.nextEventTick() {
-            timeout = next > now ? Int32(clamping: next - now) : 0
+            let wake = epochNanoseconds &+ next &* 1_000_000
+            let t = heretic_monotonic_ns()
+            timeout = wake > t ? Int64(clamping: wake - t) : 0
         }
-        if timeout != 0 { _ = heretic_eventfd_wait(wakeFD, timeout) }
+        if timeout != 0 { _ = heretic_eventfd_wait_ns(wakeFD, timeout) }
         sleeping.store(false, ordering: .relaxed)
     }
 
