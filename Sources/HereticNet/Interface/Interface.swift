@@ -40,8 +40,8 @@ public final class Interface {
     let verifyChecksums: Bool
     let subnetMask: UInt32
     /// Created on first use: an interface that never speaks TCP carries none of it.
-    var tcpLayer: TCPLayer?
-    var tcp: TCPLayer {
+    @usableFromInline var tcpLayer: TCPLayer?
+    @usableFromInline var tcp: TCPLayer {
         if let t = tcpLayer { return t }
         let t = TCPLayer(interface: self)
         tcpLayer = t
@@ -80,12 +80,13 @@ public final class Interface {
     public func udpSocket(port: UInt16) -> UDPSocket { UDPSocket(interface: self, localPort: port) }
 
     /// Accepts TCP connections on `port`, each with a handler made by `makeHandler`.
+    @inlinable
     public func listenTCP<H: TCPHandler>(port: UInt16, _ makeHandler: @escaping () -> H) throws(NetError) {
         try tcp.listen(port: port, makeHandler: makeHandler)
     }
 
     /// Opens a TCP connection; `handler` hears of it. Returns the local port chosen.
-    @discardableResult
+    @inlinable @discardableResult
     public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, _ handler: H) -> UInt16 {
         tcp.connect(to: remote, handler: handler)
     }

@@ -37,6 +37,13 @@ public struct TCPConnection {
     public let remote: TCPEndpoint
     public let localPort: UInt16
 
+    @inlinable init(layer: TCPLayer, ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
+        self.layer = layer
+        self.ref = ref
+        self.remote = remote
+        self.localPort = localPort
+    }
+
     /// Queues bytes for sending (copied: the caller's buffer is free on return) and sends
     /// what the peer's window allows now. False when the connection cannot send any more.
     @discardableResult
@@ -63,44 +70,63 @@ struct SendQueue {
     var pending: Int { bytes.count - acked }
 }
 
-/// Type-erased storage of one handler type's connections.
-class AnyTCPArena {
-    func arrived(_ slot: UInt32, _ seg: TCPSegmentInfo, _ payload: UnsafeRawPointer?) {}
-    func timerFired(_ slot: UInt32) {}
-    func run(_ slot: UInt32, _ body: (inout TCB) -> Void) {}
-    func endpoints(_ slot: UInt32) -> (TCPEndpoint, UInt16) { fatalError() }
-    func tcb(_ slot: UInt32) -> TCB { fatalError() }
-    func accept(_ syn: TCPSegmentInfo, from: TCPEndpoint, localPort: UInt16) -> UInt32? { nil }
-    func applyActions(_ slot: UInt32, _ actions: [TCPAction]) {}
-    var live: Int { 0 }
+/// Type-erased access to one handler type's connections. The entry points are closures
+/// made where the handler type is known (an `@inlinable` initializer runs in the caller's
+/// module), so the layer reaches specialised code without generic dispatch.
+@usableFromInline class AnyTCPArena {
+    @usableFromInline var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
+    @usableFromInline var timerFired: (UInt32) -> Void = { _ in }
+    @usableFromInline var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
+    @usableFromInline var applyActions: (UInt32, [TCPAction]) -> Void = { _, _ in }
+    @usableFromInline var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
+    @usableFromInline var tcb: (UInt32) -> TCB = { _ in TCB() }
+    @usableFromInline var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
+    @usableFromInline var live: () -> Int = { 0 }
+    @usableFromInline init() {}
 }
 
-final class TCPArena<H: TCPHandler>: AnyTCPArena {
-    struct Slot {
-        var tcb: TCB
-        var handler: H
-        var remote: TCPEndpoint
-        var localPort: UInt16
-        var timer: TimerHandle?
-        var inUse: Bool
+@usableFromInline final class TCPArena<H: TCPHandler>: AnyTCPArena {
+    @usableFromInline struct Slot {
+        @usableFromInline var tcb: TCB
+        @usableFromInline var handler: H
+        @usableFromInline var remote: TCPEndpoint
+        @usableFromInline var localPort: UInt16
+        @usableFromInline var timer: TimerHandle?
+        @usableFromInline var inUse: Bool
+
+        @inlinable init(tcb: TCB, handler: H, remote: TCPEndpoint, localPort: UInt16, timer: TimerHandle?, inUse: Bool) {
+            self.tcb = tcb
+            self.handler = handler
+            self.remote = remote
+            self.localPort = localPort
+            self.timer = timer
+            self.inUse = inUse
+        }
     }
 
-    unowned(unsafe) let layer: TCPLayer
-    let index: UInt16
-    let makeHandler: (() -> H)?
-    @exclusivity(unchecked) var slots: [Slot] = []
-    @exclusivity(unchecked) var free: [UInt32] = []
-    @exclusivity(unchecked) var count = 0
+    @usableFromInline unowned(unsafe) let layer: TCPLayer
+    @usableFromInline let index: UInt16
+    @usableFromInline let makeHandler: (() -> H)?
+    @usableFromInline @exclusivity(unchecked) var slots: [Slot] = []
+    @usableFromInline @exclusivity(unchecked) var free: [UInt32] = []
+    @usableFromInline @exclusivity(unchecked) var count = 0
 
-    init(layer: TCPLayer, index: UInt16, makeHandler: (() -> H)?) {
+    @inlinable init(layer: TCPLayer, index: UInt16, makeHandler: (() -> H)?) {
         self.layer = layer
         self.index = index
         self.makeHandler = makeHandler
+        super.init()
+        arrived = { [unowned(unsafe) self] in self.segmentArrived($0, $1, $2) }
+        timerFired = { [unowned(unsafe) self] in self.fire($0) }
+        run = { [unowned(unsafe) self] slot, body in body(&self.slots[Int(slot)].tcb) }
+        applyActions = { [unowned(unsafe) self] in self.apply($0, $1, payload: nil) }
+        endpoints = { [unowned(unsafe) self] in (self.slots[Int($0)].remote, self.slots[Int($0)].localPort) }
+        tcb = { [unowned(unsafe) self] in self.slots[Int($0)].tcb }
+        accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
+        live = { [unowned(unsafe) self] in self.count }
     }
 
-    override var live: Int { count }
-
-    func allocate(_ slot: Slot) -> UInt32 {
+    @inlinable func allocate(_ slot: Slot) -> UInt32 {
         count += 1
         if let i = free.popLast() {
             slots[Int(i)] = slot
@@ -110,15 +136,9 @@ final class TCPArena<H: TCPHandler>: AnyTCPArena {
         return UInt32(slots.count - 1)
     }
 
-    func ref(_ slot: UInt32) -> UInt64 { UInt64(index) << 32 | UInt64(slot) }
+    @inlinable func ref(_ slot: UInt32) -> UInt64 { UInt64(index) << 32 | UInt64(slot) }
 
-    override func endpoints(_ slot: UInt32) -> (TCPEndpoint, UInt16) {
-        (slots[Int(slot)].remote, slots[Int(slot)].localPort)
-    }
-
-    override func tcb(_ slot: UInt32) -> TCB { slots[Int(slot)].tcb }
-
-    override func accept(_ syn: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16) -> UInt32? {
+    @inlinable func acceptSYN(_ syn: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16) -> UInt32? {
         guard let make = makeHandler else { return nil }
         var out: [TCPAction] = []
         let iss = layer.initialSequenceNumber(remote: remote, localPort: localPort)
@@ -130,7 +150,7 @@ final class TCPArena<H: TCPHandler>: AnyTCPArena {
     }
 
     /// Starts an active open with `handler`.
-    func connect(to remote: TCPEndpoint, localPort: UInt16, handler: H) -> UInt32 {
+    @inlinable func connect(to remote: TCPEndpoint, localPort: UInt16, handler: H) -> UInt32 {
         var tcb = TCB()
         var out: [TCPAction] = []
         tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort), now: layer.clock, out: &out)
@@ -140,7 +160,7 @@ final class TCPArena<H: TCPHandler>: AnyTCPArena {
         return slot
     }
 
-    override func arrived(_ slot: UInt32, _ seg: TCPSegmentInfo, _ payload: UnsafeRawPointer?) {
+    @inlinable func segmentArrived(_ slot: UInt32, _ seg: TCPSegmentInfo, _ payload: UnsafeRawPointer?) {
         var out: [TCPAction] = []
         let before = slots[Int(slot)].tcb.sndUna
         slots[Int(slot)].tcb.segmentArrived(seg, now: layer.clock, out: &out)
@@ -150,7 +170,7 @@ final class TCPArena<H: TCPHandler>: AnyTCPArena {
         if slots[Int(slot)].inUse { layer.pump(ref(slot)) }
     }
 
-    override func timerFired(_ slot: UInt32) {
+    @inlinable func fire(_ slot: UInt32) {
         guard slots[Int(slot)].inUse else { return }
         slots[Int(slot)].timer = nil
         var out: [TCPAction] = []
@@ -163,16 +183,8 @@ final class TCPArena<H: TCPHandler>: AnyTCPArena {
         if slots[Int(slot)].inUse { layer.pump(ref(slot)) }
     }
 
-    override func run(_ slot: UInt32, _ body: (inout TCB) -> Void) {
-        body(&slots[Int(slot)].tcb)
-    }
-
-    override func applyActions(_ slot: UInt32, _ actions: [TCPAction]) {
-        apply(slot, actions, payload: nil)
-    }
-
     /// Carries out what the state machine asked for, calling the handler for events.
-    func apply(_ slot: UInt32, _ actions: [TCPAction], payload: UnsafeRawPointer?) {
+    @inlinable func apply(_ slot: UInt32, _ actions: [TCPAction], payload: UnsafeRawPointer?) {
         let r = ref(slot)
         let sentBefore = layer.segmentsSent
         var ackWanted = false
@@ -213,11 +225,11 @@ final class TCPArena<H: TCPHandler>: AnyTCPArena {
         }
     }
 
-    func connection(_ slot: UInt32) -> TCPConnection {
+    @inlinable func connection(_ slot: UInt32) -> TCPConnection {
         TCPConnection(layer: layer, ref: ref(slot), remote: slots[Int(slot)].remote, localPort: slots[Int(slot)].localPort)
     }
 
-    func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
+    @inlinable func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
         let s = slots[Int(slot)]
         if let t = s.timer { layer.timers.cancel(t) }
         slots[Int(slot)].inUse = false
@@ -231,48 +243,48 @@ final class TCPArena<H: TCPHandler>: AnyTCPArena {
 
 /// The TCP of one interface: connections, listeners, timers and the segments between them.
 public final class TCPLayer {
-    unowned(unsafe) let interface: Interface
-    @exclusivity(unchecked) var arenas: [AnyTCPArena] = []
-    @exclusivity(unchecked) var listeners: [UInt16: AnyTCPArena] = [:]
+    @usableFromInline unowned(unsafe) let interface: Interface
+    @usableFromInline @exclusivity(unchecked) var arenas: [AnyTCPArena] = []
+    @usableFromInline @exclusivity(unchecked) var listeners: [UInt16: AnyTCPArena] = [:]
     /// Arenas for actively opened connections, one per handler type.
-    @exclusivity(unchecked) var connectArenas: [ObjectIdentifier: AnyTCPArena] = [:]
+    @usableFromInline @exclusivity(unchecked) var connectArenas: [ObjectIdentifier: AnyTCPArena] = [:]
     /// (remote address, remote port, local port) to connection.
-    @exclusivity(unchecked) var table: [UInt64: UInt64] = [:]
+    @usableFromInline @exclusivity(unchecked) var table: [UInt64: UInt64] = [:]
     @exclusivity(unchecked) var sendQueues: [UInt64: SendQueue] = [:]
-    @exclusivity(unchecked) var timers = TimerWheel()
+    @usableFromInline @exclusivity(unchecked) var timers = TimerWheel()
     @exclusivity(unchecked) var expired: [UInt64] = []
-    @exclusivity(unchecked) var nextEphemeral: UInt16 = 49_152
+    @usableFromInline @exclusivity(unchecked) var nextEphemeral: UInt16 = 49_152
     /// Milliseconds, from the interface's poll.
-    @exclusivity(unchecked) var clock: UInt32 = 0
+    @usableFromInline @exclusivity(unchecked) var clock: UInt32 = 0
     /// RFC 6528's secret: a random key per layer.
     let secret: UInt64 = UInt64.random(in: 0...UInt64.max)
     public private(set) var resetsSent = 0
     /// Segments built, for ACK coalescing (any segment carries the current ACK).
-    @exclusivity(unchecked) var segmentsSent = 0
+    @usableFromInline @exclusivity(unchecked) var segmentsSent = 0
 
     init(interface: Interface) { self.interface = interface }
 
     deinit { timers.release() }
 
     /// Connections alive (any state but CLOSED).
-    public var connectionCount: Int { arenas.reduce(0) { $0 + $1.live } }
+    public var connectionCount: Int { arenas.reduce(0) { $0 + $1.live() } }
 
-    static func key(_ remote: TCPEndpoint, _ localPort: UInt16) -> UInt64 {
+    @usableFromInline static func key(_ remote: TCPEndpoint, _ localPort: UInt16) -> UInt64 {
         UInt64(remote.address.raw) << 32 | UInt64(remote.port) << 16 | UInt64(localPort)
     }
 
-    func register(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
+    @usableFromInline func register(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
         table[Self.key(remote, localPort)] = ref
     }
 
-    func unregister(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
+    @usableFromInline func unregister(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
         let k = Self.key(remote, localPort)
         if table[k] == ref { table[k] = nil }
         sendQueues[ref] = nil
     }
 
     /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
-    func initialSequenceNumber(remote: TCPEndpoint, localPort: UInt16) -> SequenceNumber {
+    @usableFromInline func initialSequenceNumber(remote: TCPEndpoint, localPort: UInt16) -> SequenceNumber {
         var h = Hasher()
         h.combine(secret)
         h.combine(interface.address.raw)
@@ -283,12 +295,12 @@ public final class TCPLayer {
         return SequenceNumber(f &+ clock &* 250)
     }
 
-    func arena(_ ref: UInt64) -> AnyTCPArena { arenas[Int(ref >> 32)] }
+    @usableFromInline func arena(_ ref: UInt64) -> AnyTCPArena { arenas[Int(ref >> 32)] }
 
     // MARK: API
 
     /// Accepts connections on `port`; each gets a handler from `makeHandler`.
-    func listen<H: TCPHandler>(port: UInt16, makeHandler: @escaping () -> H) throws(NetError) {
+    @inlinable func listen<H: TCPHandler>(port: UInt16, makeHandler: @escaping () -> H) throws(NetError) {
         guard listeners[port] == nil else { throw .addressInUse(port) }
         let a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: makeHandler)
         arenas.append(a)
@@ -296,7 +308,7 @@ public final class TCPLayer {
     }
 
     /// Opens a connection to `remote` with `handler`; returns the local port used.
-    func connect<H: TCPHandler>(to remote: TCPEndpoint, handler: H) -> UInt16 {
+    @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, handler: H) -> UInt16 {
         var port = nextEphemeral
         while table[Self.key(remote, port)] != nil || listeners[port] != nil {
             port = port == UInt16.max ? 49_152 : port + 1
@@ -314,7 +326,7 @@ public final class TCPLayer {
         return port
     }
 
-    func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
         let tcb = arena(ref).tcb(UInt32(truncatingIfNeeded: ref))
         guard tcb.state == .established || tcb.state == .closeWait || tcb.state == .synSent || tcb.state == .synReceived,
               sendQueues[ref]?.closeRequested != true else { return false }
@@ -323,7 +335,7 @@ public final class TCPLayer {
         return true
     }
 
-    func close(_ ref: UInt64) {
+    @usableFromInline func close(_ ref: UInt64) {
         if sendQueues[ref] != nil {
             sendQueues[ref]!.closeRequested = true
             pump(ref)
@@ -335,17 +347,17 @@ public final class TCPLayer {
         }
     }
 
-    func abort(_ ref: UInt64) {
+    @usableFromInline func abort(_ ref: UInt64) {
         var out: [TCPAction] = []
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         a.run(slot) { $0.abort(out: &out) }
         a.applyErased(slot, out)
     }
 
-    func queued(_ ref: UInt64) -> Int { sendQueues[ref]?.pending ?? 0 }
+    @usableFromInline func queued(_ ref: UInt64) -> Int { sendQueues[ref]?.pending ?? 0 }
 
     /// Sends queued data as the window allows; FIN once the queue has gone out.
-    func pump(_ ref: UInt64) {
+    @usableFromInline func pump(_ ref: UInt64) {
         guard var q = sendQueues[ref] else { return }
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         var out: [TCPAction] = []
@@ -370,7 +382,7 @@ public final class TCPLayer {
     }
 
     /// `count` more bytes (or SYN/FIN) were acknowledged: drop them from the queue.
-    func acknowledged(_ ref: UInt64, _ count: Int) {
+    @usableFromInline func acknowledged(_ ref: UInt64, _ count: Int) {
         guard var q = sendQueues[ref] else { return }
         q.acked = min(q.bytes.count, q.acked + count)
         if q.acked == q.bytes.count {
@@ -402,7 +414,7 @@ public final class TCPLayer {
         }
         if seg.flags.contains(.syn) && !seg.flags.contains(.ack) && !seg.flags.contains(.rst),
            let listener = listeners[tcp.destinationPort] {
-            _ = listener.accept(seg, from: remote, localPort: tcp.destinationPort)
+            _ = listener.accept(seg, remote, tcp.destinationPort)
             return
         }
         // RFC 9293 3.10.7.1: nothing here. Answer anything but a RST with a RST.
@@ -422,13 +434,13 @@ public final class TCPLayer {
         build(seg, remote: remote, localPort: localPort, payload: nil)
     }
 
-    func emit(_ seg: TCPSegmentInfo, ref: UInt64, payload: UnsafeRawPointer?) {
+    @usableFromInline func emit(_ seg: TCPSegmentInfo, ref: UInt64, payload: UnsafeRawPointer?) {
         let (remote, localPort) = arena(ref).endpoints(UInt32(truncatingIfNeeded: ref))
         build(seg, remote: remote, localPort: localPort, payload: payload)
     }
 
     /// Sends a data segment whose bytes come from the connection's queue.
-    func emitData(_ seg: TCPSegmentInfo, ref: UInt64, sndUna: SequenceNumber) {
+    @usableFromInline func emitData(_ seg: TCPSegmentInfo, ref: UInt64, sndUna: SequenceNumber) {
         guard let q = sendQueues[ref] else { return }
         let offset = seg.sequence - sndUna
         guard offset >= 0, offset + seg.payloadLength <= q.pending else { return }
@@ -437,7 +449,7 @@ public final class TCPLayer {
         }
     }
 
-    func build(_ seg: TCPSegmentInfo, remote: TCPEndpoint, localPort: UInt16, payload: UnsafeRawPointer?) {
+    @usableFromInline func build(_ seg: TCPSegmentInfo, remote: TCPEndpoint, localPort: UInt16, payload: UnsafeRawPointer?) {
         let header = TCPSegment.minimumHeaderLength + seg.options.encodedLength
         let total = header + seg.payloadLength
         guard var p = interface.pool.allocate(length: total) else { interface.counters.noBuffers += 1; return }
@@ -464,7 +476,7 @@ public final class TCPLayer {
 
 extension AnyTCPArena {
     /// Applies actions through the typed arena (which knows the handler type).
-    func applyErased(_ slot: UInt32, _ actions: [TCPAction]) {
+    @usableFromInline func applyErased(_ slot: UInt32, _ actions: [TCPAction]) {
         guard !actions.isEmpty else { return }
         applyActions(slot, actions)
     }
