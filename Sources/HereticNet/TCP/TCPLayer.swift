@@ -61,27 +61,38 @@ public struct TCPConnection {
 
 /// Per-connection data waiting for acknowledgement: created with the first byte sent and
 /// released when the last is acknowledged ("lazy IO": an idle connection owns no buffer).
-struct SendQueue {
-    var bytes: [UInt8] = []
+@usableFromInline struct SendQueue {
+    @usableFromInline var bytes: [UInt8] = []
     /// Bytes at the front already acknowledged (trimmed in batches).
-    var acked = 0
-    var closeRequested = false
+    @usableFromInline var acked = 0
+    @usableFromInline var closeRequested = false
+    @inlinable init() {}
 
-    var pending: Int { bytes.count - acked }
+    @usableFromInline var pending: Int { bytes.count - acked }
+    /// Nothing queued, nothing owed: the queue holds no memory.
+    @usableFromInline var isIdle: Bool { bytes.count == acked && !closeRequested }
+
+    @usableFromInline mutating func reset() {
+        bytes = []
+        acked = 0
+        closeRequested = false
+    }
 }
 
 /// Type-erased access to one handler type's connections. The entry points are closures
 /// made where the handler type is known (an `@inlinable` initializer runs in the caller's
 /// module), so the layer reaches specialised code without generic dispatch.
 @usableFromInline class AnyTCPArena {
-    @usableFromInline var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
-    @usableFromInline var timerFired: (UInt32) -> Void = { _ in }
-    @usableFromInline var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
-    @usableFromInline var applyActions: (UInt32, [TCPAction]) -> Void = { _, _ in }
-    @usableFromInline var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
-    @usableFromInline var tcb: (UInt32) -> TCB = { _ in TCB() }
-    @usableFromInline var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
-    @usableFromInline var live: () -> Int = { 0 }
+    @usableFromInline @exclusivity(unchecked) var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
+    @usableFromInline @exclusivity(unchecked) var timerFired: (UInt32) -> Void = { _ in }
+    @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
+    @usableFromInline @exclusivity(unchecked) var applyActions: (UInt32, [TCPAction]) -> Void = { _, _ in }
+    @usableFromInline @exclusivity(unchecked) var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
+    @usableFromInline @exclusivity(unchecked) var tcb: (UInt32) -> TCB = { _ in TCB() }
+    @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
+    @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
+    /// Send queues by slot: empty (no allocation) while a connection has nothing unacked.
+    @usableFromInline @exclusivity(unchecked) var queues: [SendQueue] = []
     @usableFromInline init() {}
 }
 
@@ -130,9 +141,11 @@ struct SendQueue {
         count += 1
         if let i = free.popLast() {
             slots[Int(i)] = slot
+            queues[Int(i)].reset()
             return i
         }
         slots.append(slot)
+        queues.append(SendQueue())
         return UInt32(slots.count - 1)
     }
 
@@ -250,7 +263,6 @@ public final class TCPLayer {
     @usableFromInline @exclusivity(unchecked) var connectArenas: [ObjectIdentifier: AnyTCPArena] = [:]
     /// (remote address, remote port, local port) to connection.
     @usableFromInline @exclusivity(unchecked) var table: [UInt64: UInt64] = [:]
-    @exclusivity(unchecked) var sendQueues: [UInt64: SendQueue] = [:]
     @usableFromInline @exclusivity(unchecked) var timers = TimerWheel()
     @exclusivity(unchecked) var expired: [UInt64] = []
     @usableFromInline @exclusivity(unchecked) var nextEphemeral: UInt16 = 49_152
@@ -280,7 +292,7 @@ public final class TCPLayer {
     @usableFromInline func unregister(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
         let k = Self.key(remote, localPort)
         if table[k] == ref { table[k] = nil }
-        sendQueues[ref] = nil
+        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].reset()
     }
 
     /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
@@ -327,23 +339,24 @@ public final class TCPLayer {
     }
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        let tcb = arena(ref).tcb(UInt32(truncatingIfNeeded: ref))
-        guard tcb.state == .established || tcb.state == .closeWait || tcb.state == .synSent || tcb.state == .synReceived,
-              sendQueues[ref]?.closeRequested != true else { return false }
-        sendQueues[ref, default: SendQueue()].bytes.append(contentsOf: bytes)
+        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
+        let state = a.tcb(UInt32(slot)).state
+        guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
+              !a.queues[slot].closeRequested else { return false }
+        a.queues[slot].bytes.append(contentsOf: bytes)
         pump(ref)
         return true
     }
 
     @usableFromInline func close(_ ref: UInt64) {
-        if sendQueues[ref] != nil {
-            sendQueues[ref]!.closeRequested = true
+        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        if a.queues[Int(slot)].pending > 0 {
+            a.queues[Int(slot)].closeRequested = true
             pump(ref)
         } else {
             var out: [TCPAction] = []
-            let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
             a.run(slot) { $0.close(now: clock, out: &out) }
-            (a as AnyTCPArena).applyErased(slot, out)
+            a.applyErased(slot, out)
         }
     }
 
@@ -354,13 +367,17 @@ public final class TCPLayer {
         a.applyErased(slot, out)
     }
 
-    @usableFromInline func queued(_ ref: UInt64) -> Int { sendQueues[ref]?.pending ?? 0 }
+    @usableFromInline func queued(_ ref: UInt64) -> Int {
+        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].pending
+    }
 
     /// Sends queued data as the window allows; FIN once the queue has gone out.
     @usableFromInline func pump(_ ref: UInt64) {
-        guard var q = sendQueues[ref] else { return }
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        let q = a.queues[Int(slot)]
+        guard !q.isIdle else { return }
         var out: [TCPAction] = []
+        var closeNow = false
         a.run(slot) { tcb in
             guard tcb.canSendData else { return }
             while true {
@@ -374,25 +391,27 @@ public final class TCPLayer {
                 tcb.resendFIN(now: clock, out: &out)
             } else if q.closeRequested && !tcb.finPending {
                 tcb.close(now: clock, out: &out)
-                q.closeRequested = false
+                closeNow = true
             }
         }
-        sendQueues[ref] = q.pending == 0 && !q.closeRequested ? nil : q
+        if closeNow { a.queues[Int(slot)].closeRequested = false }
         a.applyErased(slot, out)
     }
 
     /// `count` more bytes (or SYN/FIN) were acknowledged: drop them from the queue.
     @usableFromInline func acknowledged(_ ref: UInt64, _ count: Int) {
-        guard var q = sendQueues[ref] else { return }
-        q.acked = min(q.bytes.count, q.acked + count)
-        if q.acked == q.bytes.count {
-            q.bytes.removeAll()
-            q.acked = 0
-        } else if q.acked > 65_536 {
-            q.bytes.removeFirst(q.acked)
-            q.acked = 0
+        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
+        guard !a.queues[slot].bytes.isEmpty else { return }
+        let acked = min(a.queues[slot].bytes.count, a.queues[slot].acked + count)
+        if acked == a.queues[slot].bytes.count {
+            a.queues[slot].bytes = []  // lazy IO: an idle connection owns no buffer
+            a.queues[slot].acked = 0
+        } else if acked > 65_536 {
+            a.queues[slot].bytes.removeFirst(acked)
+            a.queues[slot].acked = 0
+        } else {
+            a.queues[slot].acked = acked
         }
-        sendQueues[ref] = q.pending == 0 && !q.closeRequested ? nil : q
     }
 
     // MARK: Segments
@@ -441,11 +460,12 @@ public final class TCPLayer {
 
     /// Sends a data segment whose bytes come from the connection's queue.
     @usableFromInline func emitData(_ seg: TCPSegmentInfo, ref: UInt64, sndUna: SequenceNumber) {
-        guard let q = sendQueues[ref] else { return }
+        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
         let offset = seg.sequence - sndUna
-        guard offset >= 0, offset + seg.payloadLength <= q.pending else { return }
-        q.bytes.withUnsafeBytes { b in
-            emit(seg, ref: ref, payload: b.baseAddress! + q.acked + offset)
+        guard offset >= 0, offset + seg.payloadLength <= a.queues[slot].pending else { return }
+        let start = a.queues[slot].acked + offset
+        a.queues[slot].bytes.withUnsafeBytes { b in
+            emit(seg, ref: ref, payload: b.baseAddress! + start)
         }
     }
 
