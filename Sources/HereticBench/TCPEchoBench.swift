@@ -131,7 +131,6 @@ public struct TCPEchoBenchmark {
             if MonotonicClock.nanoseconds() > deadline { throw BenchError("ARP did not resolve") }
             usleep(1000)
         }
-        let rssBefore = ProcessStats.residentBytes()
         let (conns, size) = (connections, self.size)
         try runtime.run(on: clientCore) { _ in
             for f in 0..<conns {
@@ -143,7 +142,6 @@ public struct TCPEchoBenchmark {
             if MonotonicClock.nanoseconds() > deadline { throw BenchError("connections did not establish") }
             usleep(1000)
         }
-        let rssConnected = ProcessStats.residentBytes()
         let (startEchoes, start) = try runtime.run(on: clientCore) { _ -> (UInt64, UInt64) in
             box.value.2.pointee.measuring = true
             return (box.value.2.pointee.echoes, MonotonicClock.nanoseconds())
@@ -170,7 +168,6 @@ public struct TCPEchoBenchmark {
         r.add("echoes_verified", s.echoes)
         r.add("mismatches", s.mismatches)
         r.add("rss_bytes", ProcessStats.residentBytes())
-        r.add("bytes_per_conn", Double(rssConnected &- rssBefore) / Double(conns))
         return r
     }
 }

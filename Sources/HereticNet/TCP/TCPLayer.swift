@@ -262,7 +262,7 @@ public final class TCPLayer {
     /// Arenas for actively opened connections, one per handler type.
     @usableFromInline @exclusivity(unchecked) var connectArenas: [ObjectIdentifier: AnyTCPArena] = [:]
     /// (remote address, remote port, local port) to connection.
-    @usableFromInline @exclusivity(unchecked) var table: [UInt64: UInt64] = [:]
+    @exclusivity(unchecked) var table = ConnectionTable()
     @usableFromInline @exclusivity(unchecked) var timers = TimerWheel()
     @exclusivity(unchecked) var expired: [UInt64] = []
     @usableFromInline @exclusivity(unchecked) var nextEphemeral: UInt16 = 49_152
@@ -280,6 +280,16 @@ public final class TCPLayer {
 
     /// Connections alive (any state but CLOSED).
     public var connectionCount: Int { arenas.reduce(0) { $0 + $1.live() } }
+
+    /// The next free local port for a connection to `remote` (RFC 6056's sequential choice).
+    @usableFromInline func ephemeralPort(for remote: TCPEndpoint) -> UInt16 {
+        var port = nextEphemeral
+        while table[Self.key(remote, port)] != nil || listeners[port] != nil {
+            port = port == UInt16.max ? 49_152 : port + 1
+        }
+        nextEphemeral = port == UInt16.max ? 49_152 : port + 1
+        return port
+    }
 
     @usableFromInline static func key(_ remote: TCPEndpoint, _ localPort: UInt16) -> UInt64 {
         UInt64(remote.address.raw) << 32 | UInt64(remote.port) << 16 | UInt64(localPort)
@@ -321,11 +331,7 @@ public final class TCPLayer {
 
     /// Opens a connection to `remote` with `handler`; returns the local port used.
     @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, handler: H) -> UInt16 {
-        var port = nextEphemeral
-        while table[Self.key(remote, port)] != nil || listeners[port] != nil {
-            port = port == UInt16.max ? 49_152 : port + 1
-        }
-        nextEphemeral = port == UInt16.max ? 49_152 : port + 1
+        let port = ephemeralPort(for: remote)
         let a: TCPArena<H>
         if let existing = connectArenas[ObjectIdentifier(H.self)] {
             a = unsafeDowncast(existing, to: TCPArena<H>.self)

@@ -1,0 +1,88 @@
+/// A flat open-addressing map from 64-bit keys to 64-bit values, for the per-segment lookup
+/// of a connection by its 4-tuple: one multiply to hash, linear probing, backward-shift
+/// deletion (no tombstones, so churn does not slow lookups), growth at 50 % load.
+/// Key 0 is reserved as "empty" (no real 4-tuple packs to 0: a remote port of 0 is refused).
+struct ConnectionTable {
+    private var keys: [UInt64]
+    private var values: [UInt64]
+    private var mask: Int
+    private(set) var count = 0
+
+    init(capacity: Int = 1024) {
+        var c = 16
+        while c < capacity * 2 { c <<= 1 }
+        keys = Array(repeating: 0, count: c)
+        values = Array(repeating: 0, count: c)
+        mask = c - 1
+    }
+
+    @inline(__always) private func home(_ key: UInt64) -> Int {
+        Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
+    }
+
+    subscript(key: UInt64) -> UInt64? {
+        get {
+            precondition(key != 0)
+            var i = home(key)
+            while true {
+                let k = keys[i]
+                if k == key { return values[i] }
+                if k == 0 { return nil }
+                i = (i + 1) & mask
+            }
+        }
+        set {
+            precondition(key != 0)
+            if let v = newValue { insert(key, v) } else { remove(key) }
+        }
+    }
+
+    private mutating func insert(_ key: UInt64, _ value: UInt64) {
+        if (count + 1) * 2 > mask + 1 { grow() }
+        var i = home(key)
+        while true {
+            if keys[i] == key { values[i] = value; return }
+            if keys[i] == 0 {
+                keys[i] = key
+                values[i] = value
+                count += 1
+                return
+            }
+            i = (i + 1) & mask
+        }
+    }
+
+    private mutating func remove(_ key: UInt64) {
+        var i = home(key)
+        while keys[i] != key {
+            if keys[i] == 0 { return }
+            i = (i + 1) & mask
+        }
+        // Backward shift: pull later members of the probe run into the hole.
+        var hole = i
+        var j = (i + 1) & mask
+        while keys[j] != 0 {
+            let h = home(keys[j])
+            // Move j into the hole unless its home lies cyclically in (hole, j].
+            let between = hole <= j ? (h > hole && h <= j) : (h > hole || h <= j)
+            if !between {
+                keys[hole] = keys[j]
+                values[hole] = values[j]
+                hole = j
+            }
+            j = (j + 1) & mask
+        }
+        keys[hole] = 0
+        count -= 1
+    }
+
+    private mutating func grow() {
+        let oldKeys = keys, oldValues = values
+        let c = (mask + 1) * 2
+        keys = Array(repeating: 0, count: c)
+        values = Array(repeating: 0, count: c)
+        mask = c - 1
+        count = 0
+        for (k, v) in zip(oldKeys, oldValues) where k != 0 { insert(k, v) }
+    }
+}
