@@ -75,6 +75,34 @@ struct BulkServer: TCPHandler {
     mutating func closed(_ reason: TCPCloseReason) { peer.closed(reason) }
 }
 
+/// Echoes one message, and on close opens the next connection from inside the callback.
+final class Chain: @unchecked Sendable {
+    var remaining: Int
+    var completed = 0
+    var failures = 0
+    unowned(unsafe) var interface: Interface?
+    init(_ n: Int) { remaining = n }
+}
+
+struct ChainClient: TCPHandler {
+    let chain: Chain
+    var got = 0
+    mutating func connected(_ connection: inout TCPConnection) {
+        [UInt8](repeating: 7, count: 100).withUnsafeBytes { _ = connection.send($0) }
+    }
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+        got += data.count
+        if got == 100 { connection.close() }
+    }
+    mutating func peerClosed(_ connection: inout TCPConnection) {}
+    mutating func closed(_ reason: TCPCloseReason) {
+        if reason == .normal && got == 100 { chain.completed += 1 } else { chain.failures += 1 }
+        guard chain.remaining > 0, let iface = chain.interface else { return }
+        chain.remaining -= 1
+        iface.connectTCP(to: TCPEndpoint(hostB, 7), ChainClient(chain: chain))  // from inside a callback
+    }
+}
+
 @Suite("TCP over simulated links")
 struct TCPLayerTests {
     @Test("a client connects, its bytes come back through the echo server, both close")
@@ -88,8 +116,10 @@ struct TCPLayerTests {
         #expect(log.events.prefix(2) == ["connected", "peer closed"])
         #expect(net.b.tcpConnectionCount == 0, "the server side closed (LAST-ACK, then CLOSED)")
         #expect(net.a.tcpConnectionCount == 1, "the client waits in TIME-WAIT")
+        #expect(log.closedReason == .normal, "the application hears of the close when TIME-WAIT begins")
         net.run(61_000)
-        #expect(net.a.tcpConnectionCount == 0 && log.closedReason == .normal)
+        #expect(net.a.tcpConnectionCount == 0)
+        #expect(log.events.filter { $0.hasPrefix("closed") }.count == 1, "and only once")
         #expect(net.poolA.inUse == 0 && net.poolB.inUse == 0)
     }
 
@@ -123,6 +153,23 @@ struct TCPLayerTests {
         } else {
             Issue.record("no RST came back: \(answers)")
         }
+    }
+
+    @Test("connections opened from inside callbacks run after them; TIME-WAIT stays within its limit")
+    func chainAndTimeWaitLimit() throws {
+        let net = TwoHosts(), chain = Chain(49)
+        chain.interface = net.a
+        try net.b.listenTCP(port: 7) { TCPEcho() }
+        net.a.tcp.timeWaitLimit = 10
+        net.a.connectTCP(to: TCPEndpoint(hostB, 7), ChainClient(chain: chain))
+        net.run(3000)
+        #expect(chain.completed + chain.failures == 50)
+        // The client closes first, so it holds TIME-WAIT: ten at most, the rest closed at once.
+        #expect(net.a.tcp.timeWaitCount == 10)
+        #expect(net.a.tcp.timeWaitOverflows >= 30)
+        #expect(chain.failures == 0, "every connection echoed and closed normally")
+        net.run(61_000)
+        #expect(net.a.tcp.timeWaitCount == 0 && net.a.tcpConnectionCount == 0 && net.b.tcpConnectionCount == 0)
     }
 
     @Test("bulk data both ways over a lossy, duplicating, reordering link arrives byte-exact",

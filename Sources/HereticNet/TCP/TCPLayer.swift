@@ -19,7 +19,8 @@ public protocol TCPHandler {
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection)
     /// The peer will send no more (FIN).
     mutating func peerClosed(_ connection: inout TCPConnection)
-    /// The connection is gone; its slot is reused after this returns.
+    /// The connection is over for the application: reset, timed out, or closed both ways
+    /// (said when TIME-WAIT begins; the stack alone keeps the 4-tuple for its duration).
     mutating func closed(_ reason: TCPCloseReason)
 }
 
@@ -91,6 +92,9 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var tcb: (UInt32) -> TCB = { _ in TCB() }
     @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
+    /// For a SYN that may reuse a TIME-WAIT 4-tuple: whether the slot is in TIME-WAIT with an
+    /// older receive sequence than `sequence`, and if so, forgets it.
+    @usableFromInline @exclusivity(unchecked) var yieldTimeWait: (UInt32, SequenceNumber) -> Bool = { _, _ in false }
     /// Send queues by slot: empty (no allocation) while a connection has nothing unacked.
     @usableFromInline @exclusivity(unchecked) var queues: [SendQueue] = []
     @usableFromInline init() {}
@@ -104,6 +108,7 @@ public struct TCPConnection {
         @usableFromInline var localPort: UInt16
         @usableFromInline var timer: TimerHandle?
         @usableFromInline var inUse: Bool
+        @usableFromInline var inTimeWait = false
 
         @inlinable init(tcb: TCB, handler: H, remote: TCPEndpoint, localPort: UInt16, timer: TimerHandle?, inUse: Bool) {
             self.tcb = tcb
@@ -135,6 +140,11 @@ public struct TCPConnection {
         tcb = { [unowned(unsafe) self] in self.slots[Int($0)].tcb }
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
         live = { [unowned(unsafe) self] in self.count }
+        yieldTimeWait = { [unowned(unsafe) self] slot, sequence in
+            guard self.isTimeWait(slot), sequence > self.slots[Int(slot)].tcb.rcvNxt else { return false }
+            self.finish(slot, .normal)
+            return true
+        }
     }
 
     @inlinable func allocate(_ slot: Slot) -> UInt32 {
@@ -219,16 +229,39 @@ public struct TCPConnection {
             case .deliver(let offset, let length):
                 guard let p = payload else { continue }
                 var c = connection(slot)
+                layer.callbackDepth += 1
                 slots[Int(slot)].handler.received(UnsafeRawBufferPointer(start: p + offset, count: length), &c)
+                layer.callbackDepth -= 1
             case .connected:
                 var c = connection(slot)
+                layer.callbackDepth += 1
                 slots[Int(slot)].handler.connected(&c)
+                layer.callbackDepth -= 1
             case .peerClosed:
                 var c = connection(slot)
+                layer.callbackDepth += 1
                 slots[Int(slot)].handler.peerClosed(&c)
+                layer.callbackDepth -= 1
             case .closed(let reason):
                 finish(slot, reason)
-            case .startTimeWait(let ms), .armRetransmit(let ms):
+            case .startTimeWait(let ms):
+                if !layer.enterTimeWait() {
+                    // The TIME-WAIT table is full: forget this connection now (counted).
+                    finish(slot, .normal)
+                    return
+                }
+                if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
+                slots[Int(slot)].timer = layer.timers.arm(at: UInt64(layer.clock) + UInt64(ms) + 1, payload: r)
+                if !slots[Int(slot)].inTimeWait {
+                    // For the application the connection is over: both FINs went by. Only the
+                    // stack keeps the 4-tuple, for stray segments.
+                    slots[Int(slot)].inTimeWait = true
+                    var handler = slots[Int(slot)].handler
+                    layer.callbackDepth += 1
+                    handler.closed(.normal)
+                    layer.callbackDepth -= 1
+                }
+            case .armRetransmit(let ms):
                 if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
                 slots[Int(slot)].timer = layer.timers.arm(at: UInt64(layer.clock) + UInt64(ms) + 1, payload: r)
             case .cancelRetransmit:
@@ -245,13 +278,25 @@ public struct TCPConnection {
     @inlinable func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
         let s = slots[Int(slot)]
         if let t = s.timer { layer.timers.cancel(t) }
+        if s.inTimeWait { layer.leaveTimeWait() }
         slots[Int(slot)].inUse = false
+        slots[Int(slot)].inTimeWait = false
         slots[Int(slot)].timer = nil
         layer.unregister(ref(slot), remote: s.remote, localPort: s.localPort)
-        slots[Int(slot)].handler.closed(reason)
         free.append(slot)
         count -= 1
+        // The handler runs on its own copy: the slot is free, and whatever it does (even
+        // opening connections) cannot touch storage it is borrowing. A connection that went
+        // through TIME-WAIT told its handler when it entered it.
+        guard !s.inTimeWait else { return }
+        var handler = s.handler
+        layer.callbackDepth += 1
+        handler.closed(reason)
+        layer.callbackDepth -= 1
     }
+
+    /// Whether the connection in `slot` sits in TIME-WAIT (and may give way to a new SYN).
+    @inlinable func isTimeWait(_ slot: UInt32) -> Bool { slots[Int(slot)].inUse && slots[Int(slot)].inTimeWait }
 }
 
 /// The TCP of one interface: connections, listeners, timers and the segments between them.
@@ -271,6 +316,14 @@ public final class TCPLayer {
     /// RFC 6528's secret: a random key per layer.
     let secret: UInt64 = UInt64.random(in: 0...UInt64.max)
     public private(set) var resetsSent = 0
+    /// Connections in TIME-WAIT now, the most there may be, and those closed at once because
+    /// the table was full.
+    public private(set) var timeWaitCount = 0
+    public var timeWaitLimit = 16_384
+    public private(set) var timeWaitOverflows = 0
+    /// Handler callbacks running now; connections opened inside one wait until it returns.
+    @usableFromInline @exclusivity(unchecked) var callbackDepth = 0
+    @usableFromInline @exclusivity(unchecked) var deferred: [() -> Void] = []
     /// Segments built, for ACK coalescing (any segment carries the current ACK).
     @usableFromInline @exclusivity(unchecked) var segmentsSent = 0
 
@@ -280,6 +333,24 @@ public final class TCPLayer {
 
     /// Connections alive (any state but CLOSED).
     public var connectionCount: Int { arenas.reduce(0) { $0 + $1.live() } }
+
+    @usableFromInline func enterTimeWait() -> Bool {
+        guard timeWaitCount < timeWaitLimit else { timeWaitOverflows += 1; return false }
+        timeWaitCount += 1
+        return true
+    }
+
+    @usableFromInline func leaveTimeWait() { timeWaitCount -= 1 }
+
+    /// Runs connects deferred by callbacks, once no callback is running.
+    @usableFromInline func runDeferred() {
+        guard callbackDepth == 0 else { return }
+        while !deferred.isEmpty {
+            let work = deferred
+            deferred.removeAll()
+            for w in work { w() }
+        }
+    }
 
     /// The next free local port for a connection to `remote` (RFC 6056's sequential choice).
     @usableFromInline func ephemeralPort(for remote: TCPEndpoint) -> UInt16 {
@@ -332,6 +403,16 @@ public final class TCPLayer {
     /// Opens a connection to `remote` with `handler`; returns the local port used.
     @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, handler: H) -> UInt16 {
         let port = ephemeralPort(for: remote)
+        if callbackDepth > 0 {
+            // Inside a handler callback: open it once the callback has returned.
+            deferred.append { [unowned(unsafe) self] in self.open(to: remote, localPort: port, handler: handler) }
+            return port
+        }
+        open(to: remote, localPort: port, handler: handler)
+        return port
+    }
+
+    @inlinable func open<H: TCPHandler>(to remote: TCPEndpoint, localPort port: UInt16, handler: H) {
         let a: TCPArena<H>
         if let existing = connectArenas[ObjectIdentifier(H.self)] {
             a = unsafeDowncast(existing, to: TCPArena<H>.self)
@@ -341,7 +422,6 @@ public final class TCPLayer {
             connectArenas[ObjectIdentifier(H.self)] = a
         }
         _ = a.connect(to: remote, localPort: port, handler: handler)
-        return port
     }
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
@@ -433,9 +513,15 @@ public final class TCPLayer {
                                  acknowledgment: SequenceNumber(tcp.acknowledgmentNumber), flags: tcp.flags,
                                  window: tcp.window, options: options, payloadLength: tcp.payloadLength)
         let remote = TCPEndpoint(source, tcp.sourcePort)
+        defer { runDeferred() }
         if let ref = table[Self.key(remote, tcp.destinationPort)] {
-            arena(ref).arrived(UInt32(truncatingIfNeeded: ref), seg, UnsafeRawPointer(tcp.payload))
-            return
+            // RFC 1122 4.2.2.13: a new SYN beyond the old connection's sequence space may
+            // reopen a 4-tuple that waits in TIME-WAIT.
+            let isNewSYN = seg.flags.contains(.syn) && !seg.flags.contains(.ack) && !seg.flags.contains(.rst)
+            if !(isNewSYN && arena(ref).yieldTimeWait(UInt32(truncatingIfNeeded: ref), seg.sequence)) {
+                arena(ref).arrived(UInt32(truncatingIfNeeded: ref), seg, UnsafeRawPointer(tcp.payload))
+                return
+            }
         }
         if seg.flags.contains(.syn) && !seg.flags.contains(.ack) && !seg.flags.contains(.rst),
            let listener = listeners[tcp.destinationPort] {
@@ -497,6 +583,7 @@ public final class TCPLayer {
         timers.advance(to: now, into: &expired)
         for ref in expired { arena(ref).timerFired(UInt32(truncatingIfNeeded: ref)) }
         expired.removeAll(keepingCapacity: true)
+        runDeferred()
     }
 }
 
