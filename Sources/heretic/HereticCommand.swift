@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reproduce the brief's workloads on this machine.",
         discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
-        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self],
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self],
         defaultSubcommand: Suite.self
     )
 
@@ -186,6 +186,27 @@ extension Bench {
         func run() throws {
             let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
             try report(try rows.map { try TCPEchoBenchmark(layout: layout, connections: $0, seconds: seconds).run() }, output)
+        }
+    }
+}
+
+extension Bench {
+    struct TCPShort: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "tcp-short",
+            abstract: "Short TCP connections: connect, send 150 bytes, receive the echo, close, in a loop.")
+        @Option(help: "loopback or balanced.") var layout = StackLayout.loopback
+        @Option(name: .customLong("conns"), help: "Concurrent client loops.") var connections = 64
+        @Option(help: "How long to run.") var seconds = 5.0
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if connections < 1 || connections > 4096 { throw ValidationError("--conns must be between 1 and 4096") }
+            if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
+        }
+
+        func run() throws {
+            try report([try TCPShortBenchmark(layout: layout, connections: connections, seconds: seconds).run()], output)
         }
     }
 }

@@ -64,6 +64,17 @@ struct BenchTests {
         }
     }
 
+    @Test("tcp-short: connect, echo, close cycles all succeed and TIME-WAIT stays bounded")
+    func short() throws {
+        let r = try TCPShortBenchmark(layout: .loopback, connections: 8, seconds: 0.3).run()
+        #expect(r.verified)
+        #expect((r["failures"]?.asDouble ?? 1) == 0)
+        #expect((r["time_wait_entries"]?.asDouble ?? .infinity) <= (r["time_wait_limit"]?.asDouble ?? 0))
+        for key in ["bench", "layout", "conns", "cycles_per_sec", "time_wait_entries"] {
+            #expect(r[key] != nil, "field \(key)")
+        }
+    }
+
     @Test("bad arguments are refused with a message")
     func badArguments() {
         #expect(throws: BenchError.self) { try EventsBenchmark(tasks: 1, cores: 1, seconds: 1).run() }

@@ -41,7 +41,8 @@ public final class Interface {
     let subnetMask: UInt32
     /// Created on first use: an interface that never speaks TCP carries none of it.
     @usableFromInline var tcpLayer: TCPLayer?
-    @usableFromInline var tcp: TCPLayer {
+    /// The interface's TCP (created on first use).
+    public var tcp: TCPLayer {
         if let t = tcpLayer { return t }
         let t = TCPLayer(interface: self)
         tcpLayer = t

@@ -94,7 +94,8 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
     /// For a SYN that may reuse a TIME-WAIT 4-tuple: whether the slot is in TIME-WAIT with an
     /// older receive sequence than `sequence`, and if so, forgets it.
-    @usableFromInline @exclusivity(unchecked) var yieldTimeWait: (UInt32, SequenceNumber) -> Bool = { _, _ in false }
+    @usableFromInline @exclusivity(unchecked) var yieldTimeWait: (UInt32, SequenceNumber?) -> Bool = { _, _ in false }
+    @usableFromInline @exclusivity(unchecked) var isTimeWait: (UInt32) -> Bool = { _ in false }
     /// Send queues by slot: empty (no allocation) while a connection has nothing unacked.
     @usableFromInline @exclusivity(unchecked) var queues: [SendQueue] = []
     @usableFromInline init() {}
@@ -141,10 +142,12 @@ public struct TCPConnection {
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
         live = { [unowned(unsafe) self] in self.count }
         yieldTimeWait = { [unowned(unsafe) self] slot, sequence in
-            guard self.isTimeWait(slot), sequence > self.slots[Int(slot)].tcb.rcvNxt else { return false }
+            guard self.inTimeWait(slot) else { return false }
+            if let sequence, sequence <= self.slots[Int(slot)].tcb.rcvNxt { return false }
             self.finish(slot, .normal)
             return true
         }
+        isTimeWait = { [unowned(unsafe) self] in self.inTimeWait($0) }
     }
 
     @inlinable func allocate(_ slot: Slot) -> UInt32 {
@@ -296,7 +299,7 @@ public struct TCPConnection {
     }
 
     /// Whether the connection in `slot` sits in TIME-WAIT (and may give way to a new SYN).
-    @inlinable func isTimeWait(_ slot: UInt32) -> Bool { slots[Int(slot)].inUse && slots[Int(slot)].inTimeWait }
+    @inlinable func inTimeWait(_ slot: UInt32) -> Bool { slots[Int(slot)].inUse && slots[Int(slot)].inTimeWait }
 }
 
 /// The TCP of one interface: connections, listeners, timers and the segments between them.
@@ -321,9 +324,13 @@ public final class TCPLayer {
     public private(set) var timeWaitCount = 0
     public var timeWaitLimit = 16_384
     public private(set) var timeWaitOverflows = 0
+    /// TIME-WAIT connections given up to let a new outgoing connection use their port.
+    public private(set) var timeWaitRecycled = 0
     /// Handler callbacks running now; connections opened inside one wait until it returns.
     @usableFromInline @exclusivity(unchecked) var callbackDepth = 0
     @usableFromInline @exclusivity(unchecked) var deferred: [() -> Void] = []
+    /// Work for the next tick (refusals), run once per tick.
+    @usableFromInline @exclusivity(unchecked) var nextTick: [() -> Void] = []
     /// Segments built, for ACK coalescing (any segment carries the current ACK).
     @usableFromInline @exclusivity(unchecked) var segmentsSent = 0
 
@@ -352,14 +359,30 @@ public final class TCPLayer {
         }
     }
 
-    /// The next free local port for a connection to `remote` (RFC 6056's sequential choice).
-    @usableFromInline func ephemeralPort(for remote: TCPEndpoint) -> UInt16 {
+    static let ephemeralRange = 49_152...UInt16.max
+
+    /// A local port for a connection to `remote`: the next free one in the ephemeral range
+    /// (RFC 6056's sequential choice); if every one is taken, one whose connection waits in
+    /// TIME-WAIT is recycled; nil when all are live connections.
+    @usableFromInline func ephemeralPort(for remote: TCPEndpoint) -> UInt16? {
+        func next(_ p: UInt16) -> UInt16 { p == Self.ephemeralRange.upperBound ? Self.ephemeralRange.lowerBound : p + 1 }
         var port = nextEphemeral
-        while table[Self.key(remote, port)] != nil || listeners[port] != nil {
-            port = port == UInt16.max ? 49_152 : port + 1
+        var recyclable: UInt16?
+        for _ in 0..<Self.ephemeralRange.count {
+            if listeners[port] == nil {
+                guard let ref = table[Self.key(remote, port)] else {
+                    nextEphemeral = next(port)
+                    return port
+                }
+                if recyclable == nil && arena(ref).isTimeWait(UInt32(truncatingIfNeeded: ref)) { recyclable = port }
+            }
+            port = next(port)
         }
-        nextEphemeral = port == UInt16.max ? 49_152 : port + 1
-        return port
+        guard let reuse = recyclable, let ref = table[Self.key(remote, reuse)] else { return nil }
+        timeWaitRecycled += 1
+        _ = arena(ref).yieldTimeWait(UInt32(truncatingIfNeeded: ref), nil)
+        nextEphemeral = next(reuse)
+        return reuse
     }
 
     @usableFromInline static func key(_ remote: TCPEndpoint, _ localPort: UInt16) -> UInt64 {
@@ -402,7 +425,15 @@ public final class TCPLayer {
 
     /// Opens a connection to `remote` with `handler`; returns the local port used.
     @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, handler: H) -> UInt16 {
-        let port = ephemeralPort(for: remote)
+        guard let port = ephemeralPort(for: remote) else {
+            // Every local port to this peer is a live connection: refused, told on the next
+            // tick (an application that retries at once cannot spin the loop).
+            nextTick.append {
+                var h = handler
+                h.closed(.refused)
+            }
+            return 0
+        }
         if callbackDepth > 0 {
             // Inside a handler callback: open it once the callback has returned.
             deferred.append { [unowned(unsafe) self] in self.open(to: remote, localPort: port, handler: handler) }
@@ -579,6 +610,14 @@ public final class TCPLayer {
     /// Advances the timers to `now` (milliseconds) and runs what expired.
     func tick(now: UInt64) {
         clock = UInt32(truncatingIfNeeded: now)
+        if !nextTick.isEmpty {
+            let work = nextTick
+            nextTick.removeAll()
+            callbackDepth += 1
+            for w in work { w() }
+            callbackDepth -= 1
+            runDeferred()
+        }
         guard timers.count > 0 else { return }
         timers.advance(to: now, into: &expired)
         for ref in expired { arena(ref).timerFired(UInt32(truncatingIfNeeded: ref)) }
