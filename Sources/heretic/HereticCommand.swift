@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reproduce the brief's workloads on this machine.",
         discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
-        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self],
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self, TCPHold.self],
         defaultSubcommand: Suite.self
     )
 
@@ -207,6 +207,27 @@ extension Bench {
 
         func run() throws {
             try report([try TCPShortBenchmark(layout: layout, connections: connections, seconds: seconds).run()], output)
+        }
+    }
+}
+
+extension Bench {
+    struct TCPHold: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "tcp-hold",
+            abstract: "Establish N connections (both ends in this process), measure memory per connection, then echo over all.")
+        @Option(name: .customLong("conns"), help: "Connections to hold.") var connections = 100_000
+        @Option(help: "Seconds of echo traffic after establishing.") var seconds = 5.0
+        @Option(help: "loopback or balanced.") var layout = StackLayout.loopback
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if connections < 1 || connections > 4_000_000 { throw ValidationError("--conns must be between 1 and 4000000") }
+            if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
+        }
+
+        func run() throws {
+            try report([try TCPHoldBenchmark(connections: connections, seconds: seconds, layout: layout).run()], output)
         }
     }
 }

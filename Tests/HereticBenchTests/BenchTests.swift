@@ -75,6 +75,15 @@ struct BenchTests {
         }
     }
 
+    @Test("tcp-hold: thousands of connections established, held, and all echoing")
+    func hold() throws {
+        let r = try TCPHoldBenchmark(connections: 3000, seconds: 0.3).run()
+        #expect(r.verified)
+        for key in ["bench", "conns", "establish_per_sec", "rss_bytes", "bytes_per_conn", "echoes_per_sec"] {
+            #expect(r[key] != nil, "field \(key)")
+        }
+    }
+
     @Test("bad arguments are refused with a message")
     func badArguments() {
         #expect(throws: BenchError.self) { try EventsBenchmark(tasks: 1, cores: 1, seconds: 1).run() }

@@ -84,6 +84,8 @@ public struct TCPConnection {
 /// made where the handler type is known (an `@inlinable` initializer runs in the caller's
 /// module), so the layer reaches specialised code without generic dispatch.
 @usableFromInline class AnyTCPArena {
+    /// The arena's number in its layer (the high half of its connections' references).
+    @usableFromInline var index: UInt16 = 0
     @usableFromInline @exclusivity(unchecked) var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
     @usableFromInline @exclusivity(unchecked) var timerFired: (UInt32) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
@@ -96,6 +98,7 @@ public struct TCPConnection {
     /// older receive sequence than `sequence`, and if so, forgets it.
     @usableFromInline @exclusivity(unchecked) var yieldTimeWait: (UInt32, SequenceNumber?) -> Bool = { _, _ in false }
     @usableFromInline @exclusivity(unchecked) var isTimeWait: (UInt32) -> Bool = { _ in false }
+    @usableFromInline @exclusivity(unchecked) var established: () -> [UInt32] = { [] }
     /// Send queues by slot: empty (no allocation) while a connection has nothing unacked.
     @usableFromInline @exclusivity(unchecked) var queues: [SendQueue] = []
     @usableFromInline init() {}
@@ -122,7 +125,6 @@ public struct TCPConnection {
     }
 
     @usableFromInline unowned(unsafe) let layer: TCPLayer
-    @usableFromInline let index: UInt16
     @usableFromInline let makeHandler: (() -> H)?
     @usableFromInline @exclusivity(unchecked) var slots: [Slot] = []
     @usableFromInline @exclusivity(unchecked) var free: [UInt32] = []
@@ -130,9 +132,9 @@ public struct TCPConnection {
 
     @inlinable init(layer: TCPLayer, index: UInt16, makeHandler: (() -> H)?) {
         self.layer = layer
-        self.index = index
         self.makeHandler = makeHandler
         super.init()
+        self.index = index
         arrived = { [unowned(unsafe) self] in self.segmentArrived($0, $1, $2) }
         timerFired = { [unowned(unsafe) self] in self.fire($0) }
         run = { [unowned(unsafe) self] slot, body in body(&self.slots[Int(slot)].tcb) }
@@ -148,6 +150,9 @@ public struct TCPConnection {
             return true
         }
         isTimeWait = { [unowned(unsafe) self] in self.inTimeWait($0) }
+        established = { [unowned(unsafe) self] in
+            self.slots.indices.filter { self.slots[$0].inUse && self.slots[$0].tcb.state == .established }.map(UInt32.init)
+        }
     }
 
     @inlinable func allocate(_ slot: Slot) -> UInt32 {
@@ -337,6 +342,19 @@ public final class TCPLayer {
     init(interface: Interface) { self.interface = interface }
 
     deinit { timers.release() }
+
+    /// Calls `body` with every established connection (on the interface's core), for
+    /// operations that start traffic on many connections at once.
+    public func forEachConnection(_ body: (TCPConnection) -> Void) {
+        for a in arenas {
+            for slot in a.established() {
+                let ref = UInt64(a.index) << 32 | UInt64(slot)
+                let (remote, localPort) = a.endpoints(slot)
+                body(TCPConnection(layer: self, ref: ref, remote: remote, localPort: localPort))
+            }
+        }
+        runDeferred()
+    }
 
     /// Connections alive (any state but CLOSED).
     public var connectionCount: Int { arenas.reduce(0) { $0 + $1.live() } }
