@@ -98,6 +98,7 @@ public struct TCPEchoBenchmark {
         let clientCore = cores - 1
         let serverAddress = IPv4Address(10, 0, 0, 1), clientAddress = IPv4Address(10, 0, 0, 2)
         let net = VirtualSwitch()
+        defer { runtime.shutdown(); net.detach() }  // stop the cores, then free the switch
         let pools = (0..<cores).map { _ in PacketPool(capacity: 65_536) }
         let server = Interface(device: net.makePort(core: 0, pool: pools[0]), pool: pools[0],
                                configuration: .init(mac: MACAddress(2, 0, 0, 0, 0, 1), address: serverAddress))

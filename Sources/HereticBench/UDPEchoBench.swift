@@ -120,6 +120,7 @@ public struct UDPEchoBenchmark {
         let serverAddress = IPv4Address(10, 0, 0, 1), clientAddress = IPv4Address(10, 0, 0, 2)
         let serverMAC = MACAddress(2, 0, 0, 0, 0, 1), clientMAC = MACAddress(2, 0, 0, 0, 0, 2)
         let net = VirtualSwitch()
+        defer { runtime.shutdown(); net.detach() }  // stop the cores, then free the switch
         let pools = (0..<cores).map { _ in PacketPool(capacity: 32_768) }
         let serverPort = net.makePort(core: 0, pool: pools[0])
         let clientPort = net.makePort(core: clientCore, pool: pools[clientCore])

@@ -40,7 +40,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reproduce the brief's workloads on this machine.",
         discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
-        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self, TCPHold.self],
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self, TCPHold.self, TCPStream.self],
         defaultSubcommand: Suite.self
     )
 
@@ -228,6 +228,25 @@ extension Bench {
 
         func run() throws {
             try report([try TCPHoldBenchmark(connections: connections, seconds: seconds, layout: layout).run()], output)
+        }
+    }
+}
+
+extension Bench {
+    struct TCPStream: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "tcp-stream",
+            abstract: "One TCP connection, bulk transfer both ways, every byte checked.")
+        @Option(help: "How long to measure.") var seconds = 5.0
+        @Option(help: "loopback or balanced.") var layout = StackLayout.balanced
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
+        }
+
+        func run() throws {
+            try report([try TCPStreamBenchmark(seconds: seconds, layout: layout).run()], output)
         }
     }
 }

@@ -84,6 +84,13 @@ struct BenchTests {
         }
     }
 
+    @Test("tcp-stream: bulk data flows both ways, every byte checked", arguments: StackLayout.allCases)
+    func stream(layout: StackLayout) throws {
+        let r = try TCPStreamBenchmark(seconds: 0.3, layout: layout).run()
+        #expect(r.verified)
+        #expect((r["gbit_per_sec"]?.asDouble ?? 0) > 0)
+    }
+
     @Test("bad arguments are refused with a message")
     func badArguments() {
         #expect(throws: BenchError.self) { try EventsBenchmark(tasks: 1, cores: 1, seconds: 1).run() }

@@ -27,6 +27,13 @@ public final class VirtualSwitch: @unchecked Sendable {
 
     deinit { table.deallocate() }
 
+    /// Drops the switch's references to its ports, so switch and ports can be freed. Call once
+    /// no core forwards through it (after the runtime shut down).
+    public func detach() {
+        ports.removeAll()
+        unmanagedPorts.removeAll()
+    }
+
     /// Adds a port owned by `core`, whose interfaces allocate from `pool`. Create every port
     /// before traffic starts (the port list is fixed once cores run).
     public func makePort(core: Int, pool: PacketPool, mtu: Int = 1500) -> SwitchPort {
@@ -87,8 +94,9 @@ public final class VirtualSwitch: @unchecked Sendable {
 
 /// One port of a `VirtualSwitch`: the `NetworkDevice` of an interface on one core.
 public final class SwitchPort: NetworkDevice, @unchecked Sendable {
-    /// The switch outlives its ports (they are only reached through it).
-    unowned(unsafe) let owner: VirtualSwitch
+    /// Ports keep their switch alive (a core may forward through it while anything holds a
+    /// port); `VirtualSwitch.detach()` breaks the cycle once no core runs.
+    let owner: VirtualSwitch
     public let index: Int
     public let core: Int
     public let mtu: Int

@@ -17,6 +17,9 @@ public protocol TCPHandler {
     /// In-order bytes arrived. They point into the received packet: copy what must outlive
     /// the call.
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection)
+    /// Acknowledgements drained the send queue below `TCPLayer.writableThreshold`: room to
+    /// queue more (for streaming without holding everything at once).
+    mutating func writable(_ connection: inout TCPConnection)
     /// The peer will send no more (FIN).
     mutating func peerClosed(_ connection: inout TCPConnection)
     /// The connection is over for the application: reset, timed out, or closed both ways
@@ -27,6 +30,7 @@ public protocol TCPHandler {
 extension TCPHandler {
     public mutating func connected(_ connection: inout TCPConnection) {}
     public mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {}
+    public mutating func writable(_ connection: inout TCPConnection) {}
     public mutating func peerClosed(_ connection: inout TCPConnection) { connection.close() }
     public mutating func closed(_ reason: TCPCloseReason) {}
 }
@@ -196,9 +200,18 @@ public struct TCPConnection {
         let before = slots[Int(slot)].tcb.sndUna
         slots[Int(slot)].tcb.segmentArrived(seg, now: layer.clock, out: &out)
         let advanced = slots[Int(slot)].tcb.sndUna - before
+        let wasAbove = queues[Int(slot)].pending >= TCPLayer.writableThreshold
         if advanced > 0 { layer.acknowledged(ref(slot), advanced) }
         apply(slot, out, payload: payload)
-        if slots[Int(slot)].inUse { layer.pump(ref(slot)) }
+        guard slots[Int(slot)].inUse else { return }
+        layer.pump(ref(slot))
+        if advanced > 0 && wasAbove && queues[Int(slot)].pending < TCPLayer.writableThreshold
+            && slots[Int(slot)].tcb.canSendData {
+            var c = connection(slot)
+            layer.callbackDepth += 1
+            slots[Int(slot)].handler.writable(&c)
+            layer.callbackDepth -= 1
+        }
     }
 
     @inlinable func fire(_ slot: UInt32) {
@@ -378,6 +391,8 @@ public final class TCPLayer {
     }
 
     static let ephemeralRange = 49_152...UInt16.max
+    /// A send queue that drains below this many bytes makes its handler `writable`.
+    public static let writableThreshold = 65_536
 
     /// A local port for a connection to `remote`: the next free one in the ephemeral range
     /// (RFC 6056's sequential choice); if every one is taken, one whose connection waits in
