@@ -33,11 +33,7 @@ struct HoldClient: TCPHandler {
     }
 
     static func send(_ connection: inout TCPConnection, _ sequence: UInt32) {
-        withUnsafeTemporaryAllocation(byteCount: 150, alignment: 8) { buffer in
-            formatMessage(flow: UInt32(truncatingIfNeeded: connection.localPort), sequence: sequence,
-                          into: buffer.baseAddress!, length: 150)
-            _ = connection.send(UnsafeRawBufferPointer(buffer))
-        }
+        sendMessage(&connection, flow: UInt32(truncatingIfNeeded: connection.localPort), sequence: sequence, size: 150)
     }
 
     mutating func closed(_ reason: TCPCloseReason) { stats.pointee.failures += 1 }
@@ -57,45 +53,17 @@ public struct TCPHoldBenchmark {
     public func run() throws -> BenchResult {
         guard connections >= 1, connections <= 4_000_000 else { throw BenchError("--conns must be between 1 and 4000000") }
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
-        let cores = layout == .loopback ? 1 : 2
-        let runtime = try Runtime(cores: cores)
-        defer { runtime.shutdown() }
-        let clientCore = cores - 1
-        let serverAddress = IPv4Address(10, 0, 0, 1), clientAddress = IPv4Address(10, 0, 0, 2)
-        let net = VirtualSwitch(ringCapacity: 16_384)
-        defer { runtime.shutdown(); net.detach() }  // stop the cores, then free the switch
-        let pools = (0..<cores).map { _ in PacketPool(capacity: 65_536) }
-        let server = Interface(device: net.makePort(core: 0, pool: pools[0]), pool: pools[0],
-                               configuration: .init(mac: MACAddress(2, 0, 0, 0, 0, 1), address: serverAddress))
-        let client = Interface(device: net.makePort(core: clientCore, pool: pools[clientCore]), pool: pools[clientCore],
-                               configuration: .init(mac: MACAddress(2, 0, 0, 0, 0, 2), address: clientAddress))
+        let pair = try SwitchedPair(layout: layout, ringCapacity: 16_384)
+        defer { pair.shutdown() }
         let stats = UnsafeMutablePointer<HoldStats>.allocate(capacity: 1)
         stats.initialize(to: HoldStats())
         defer { stats.deallocate() }
-        let box = Unchecked((server, client, stats))
+        let shared = Unchecked(stats)
         // One address pair offers 16,384 ephemeral ports: one server port per 16,000 connections.
         let perPort = 16_000
         let serverPorts = (connections + perPort - 1) / perPort
-        try runtime.run(on: 0) { core in
-            for p in 0..<serverPorts { try? box.value.0.listenTCP(port: UInt16(1000 + p)) { TCPEchoServer() } }
-            let poller = InterfacePoller()
-            poller.add(box.value.0)
-            if clientCore == 0 { poller.add(box.value.1) }
-            core.addPoller(poller)
-        }
-        try runtime.run(on: clientCore) { core in
-            if clientCore != 0 {
-                let poller = InterfacePoller()
-                poller.add(box.value.1)
-                core.addPoller(poller)
-            }
-            let probe = [UInt8](repeating: 0, count: 8)
-            probe.withUnsafeBytes { _ = box.value.1.sendUDP($0, from: 9, to: UDPEndpoint(serverAddress, 9)) }
-        }
-        let deadline = MonotonicClock.nanoseconds() + 300_000_000_000
-        while try runtime.run(on: clientCore, { _ in box.value.1.neighbor(serverAddress) == nil }) {
-            if MonotonicClock.nanoseconds() > deadline { throw BenchError("ARP did not resolve") }
-            usleep(1000)
+        try pair.start { iface in
+            for p in 0..<serverPorts { try iface.listenTCP(port: UInt16(1000 + p)) { TCPEchoServer() } }
         }
         let rssBefore = ProcessStats.residentBytes()
         let conns = connections
@@ -105,40 +73,39 @@ public struct TCPHoldBenchmark {
         while opened < conns {
             let batch = min(2000, conns - opened)
             let first = opened
-            try runtime.run(on: clientCore) { _ in
+            try pair.onClient { _ in
                 for i in first..<(first + batch) {
-                    box.value.1.connectTCP(to: TCPEndpoint(serverAddress, UInt16(1000 + i / perPort)),
-                                           HoldClient(stats: box.value.2))
+                    pair.client.connectTCP(to: TCPEndpoint(SwitchedPair.serverAddress, UInt16(1000 + i / perPort)),
+                                           HoldClient(stats: shared.value))
                 }
             }
             opened += batch
-            while try runtime.run(on: clientCore, { _ in box.value.2.pointee.established + box.value.2.pointee.failures }) < opened - 2000 {
-                if MonotonicClock.nanoseconds() > deadline { throw BenchError("connections did not establish") }
-                usleep(200)
+            let target = opened - 2000
+            try pair.waitOnClient("connections did not establish", seconds: 300) { _ in
+                shared.value.pointee.established + shared.value.pointee.failures >= target
             }
         }
-        while try runtime.run(on: clientCore, { _ in box.value.2.pointee.established + box.value.2.pointee.failures }) < conns {
-            if MonotonicClock.nanoseconds() > deadline { throw BenchError("connections did not establish") }
-            usleep(1000)
+        try pair.waitOnClient("connections did not establish", seconds: 300) { _ in
+            shared.value.pointee.established + shared.value.pointee.failures >= conns
         }
         let established = MonotonicClock.nanoseconds()
         usleep(300_000)  // let the last ACKs settle
         let rssHeld = ProcessStats.residentBytes()
-        let (serverConns, clientConns) = (try runtime.run(on: 0) { _ in box.value.0.tcpConnectionCount },
-                                          try runtime.run(on: clientCore) { _ in box.value.1.tcpConnectionCount })
+        let serverConns = try pair.onServer { _ in pair.server.tcpConnectionCount }
+        let clientConns = try pair.onClient { _ in pair.client.tcpConnectionCount }
 
         // Push and pull: every held connection echoes in a loop for the rest of the time.
-        let (startEchoes, pushStart) = try runtime.run(on: clientCore) { _ -> (UInt64, UInt64) in
-            box.value.2.pointee.pushing = true
-            return (box.value.2.pointee.echoes, MonotonicClock.nanoseconds())
+        let (startEchoes, pushStart) = try pair.onClient { _ -> (UInt64, UInt64) in
+            shared.value.pointee.pushing = true
+            return (shared.value.pointee.echoes, MonotonicClock.nanoseconds())
         }
-        try runtime.run(on: clientCore) { _ in
-            box.value.1.tcp.forEachConnection { c in var c = c; HoldClient.send(&c, 0) }
+        try pair.onClient { _ in
+            pair.client.tcp.forEachConnection { c in var c = c; HoldClient.send(&c, 0) }
         }
         while Double(MonotonicClock.nanoseconds() - pushStart) / 1e9 < seconds { usleep(10_000) }
-        let (endEchoes, pushEnd, failures) = try runtime.run(on: clientCore) { _ -> (UInt64, UInt64, Int) in
-            box.value.2.pointee.pushing = false
-            return (box.value.2.pointee.echoes, MonotonicClock.nanoseconds(), box.value.2.pointee.failures)
+        let (endEchoes, pushEnd, failures) = try pair.onClient { _ -> (UInt64, UInt64, Int) in
+            shared.value.pointee.pushing = false
+            return (shared.value.pointee.echoes, MonotonicClock.nanoseconds(), shared.value.pointee.failures)
         }
         let ok = failures == 0 && serverConns == conns && clientConns == conns && endEchoes > startEchoes
         var r = BenchResult(bench: "tcp-hold", verified: ok)

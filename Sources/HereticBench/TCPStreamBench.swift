@@ -61,56 +61,37 @@ public struct TCPStreamBenchmark {
 
     public func run() throws -> BenchResult {
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
-        let cores = layout == .loopback ? 1 : 2
-        let runtime = try Runtime(cores: cores)
-        defer { runtime.shutdown() }
-        let clientCore = cores - 1
-        let serverAddress = IPv4Address(10, 0, 0, 1), clientAddress = IPv4Address(10, 0, 0, 2)
-        let net = VirtualSwitch()
-        defer { runtime.shutdown(); net.detach() }  // stop the cores, then free the switch
-        let pools = (0..<cores).map { _ in PacketPool(capacity: 65_536) }
-        let server = Interface(device: net.makePort(core: 0, pool: pools[0]), pool: pools[0],
-                               configuration: .init(mac: MACAddress(2, 0, 0, 0, 0, 1), address: serverAddress))
-        let client = Interface(device: net.makePort(core: clientCore, pool: pools[clientCore]), pool: pools[clientCore],
-                               configuration: .init(mac: MACAddress(2, 0, 0, 0, 0, 2), address: clientAddress))
+        let pair = try SwitchedPair(layout: layout)
+        defer { pair.shutdown() }
         let stats = (0..<2).map { _ -> UnsafeMutablePointer<StreamStats> in
             let p = UnsafeMutablePointer<StreamStats>.allocate(capacity: 1)
             p.initialize(to: StreamStats())
             return p
         }
         defer { for p in stats { p.deallocate() } }
-        let box = Unchecked((server, client, stats))
-        try runtime.run(on: 0) { core in
-            let serverStats = box.value.2[0]
-            try? box.value.0.listenTCP(port: 5001) { StreamPeer(stats: serverStats) }
-            let poller = InterfacePoller()
-            poller.add(box.value.0)
-            if clientCore == 0 { poller.add(box.value.1) }
-            core.addPoller(poller)
+        let shared = Unchecked(stats)
+        try pair.start { iface in
+            let serverStats = shared.value[0]
+            try iface.listenTCP(port: 5001) { StreamPeer(stats: serverStats) }
         }
-        try runtime.run(on: clientCore) { core in
-            if clientCore != 0 {
-                let poller = InterfacePoller()
-                poller.add(box.value.1)
-                core.addPoller(poller)
-            }
-            box.value.1.connectTCP(to: TCPEndpoint(serverAddress, 5001), StreamPeer(stats: box.value.2[1]))
+        try pair.onClient { _ in
+            pair.client.connectTCP(to: TCPEndpoint(SwitchedPair.serverAddress, 5001), StreamPeer(stats: shared.value[1]))
         }
-        // Warm up (ARP, handshake, slow path), then measure what arrives on each side.
+        // Warm up (handshake, first windows), then measure what arrives on each side.
         usleep(300_000)
         func received() throws -> (Int, Int) {
-            (try runtime.run(on: 0) { _ in box.value.2[0].pointee.received },
-             try runtime.run(on: clientCore) { _ in box.value.2[1].pointee.received })
+            (try pair.onServer { _ in shared.value[0].pointee.received },
+             try pair.onClient { _ in shared.value[1].pointee.received })
         }
         let before = try received()
         let start = MonotonicClock.nanoseconds()
         while Double(MonotonicClock.nanoseconds() - start) / 1e9 < seconds { usleep(10_000) }
         let after = try received()
         let end = MonotonicClock.nanoseconds()
-        try runtime.run(on: 0) { _ in box.value.2[0].pointee.stop = true }
-        try runtime.run(on: clientCore) { _ in box.value.2[1].pointee.stop = true }
-        let mismatches = try runtime.run(on: 0) { _ in box.value.2[0].pointee.mismatches }
-            + runtime.run(on: clientCore) { _ in box.value.2[1].pointee.mismatches }
+        try pair.onServer { _ in shared.value[0].pointee.stop = true }
+        try pair.onClient { _ in shared.value[1].pointee.stop = true }
+        let mismatches = try pair.onServer { _ in shared.value[0].pointee.mismatches }
+            + pair.onClient { _ in shared.value[1].pointee.mismatches }
         let secs = Double(end - start) / 1e9
         let toServer = Double(after.0 - before.0) * 8 / secs / 1e9
         let toClient = Double(after.1 - before.1) * 8 / secs / 1e9

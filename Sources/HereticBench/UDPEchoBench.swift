@@ -110,85 +110,42 @@ public struct UDPEchoBenchmark {
     public func run() throws -> BenchResult {
         guard flows >= 1, flows <= 20_000 else { throw BenchError("--flows must be between 1 and 20000") }
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
-        let cores = layout == .loopback ? 1 : 2
-        guard Runtime.availableCPUs >= cores || layout == .loopback else {
-            throw BenchError("the balanced layout needs two CPUs")
-        }
-        let runtime = try Runtime(cores: cores)
-        defer { runtime.shutdown() }
-        let clientCore = cores - 1
-        let serverAddress = IPv4Address(10, 0, 0, 1), clientAddress = IPv4Address(10, 0, 0, 2)
-        let serverMAC = MACAddress(2, 0, 0, 0, 0, 1), clientMAC = MACAddress(2, 0, 0, 0, 0, 2)
-        let net = VirtualSwitch()
-        defer { runtime.shutdown(); net.detach() }  // stop the cores, then free the switch
-        let pools = (0..<cores).map { _ in PacketPool(capacity: 32_768) }
-        let serverPort = net.makePort(core: 0, pool: pools[0])
-        let clientPort = net.makePort(core: clientCore, pool: pools[clientCore])
+        let pair = try SwitchedPair(layout: layout, poolCapacity: 32_768)
+        defer { pair.shutdown() }
         let stats = UnsafeMutablePointer<EchoStats>.allocate(capacity: 1)
         stats.initialize(to: EchoStats())
         let stop = UnsafeAtomic<Bool>.create(false)
         defer { stats.deallocate(); stop.destroy() }
-        let box = Unchecked((stats, stop))
-
-        let server = Interface(device: serverPort, pool: pools[0],
-                               configuration: .init(mac: serverMAC, address: serverAddress))
-        let client = Interface(device: clientPort, pool: pools[clientCore],
-                               configuration: .init(mac: clientMAC, address: clientAddress))
-        let ifaces = Unchecked((server, client))
-        try runtime.run(on: 0) { core in
-            try? ifaces.value.0.bindUDP(port: 7, UDPEchoServer())
-            let poller = InterfacePoller()
-            poller.add(ifaces.value.0)
-            if clientCore == 0 { poller.add(ifaces.value.1) }
-            core.addPoller(poller)
-        }
-        let serverEndpoint = UDPEndpoint(serverAddress, 7)
+        let shared = Unchecked((stats, stop))
+        try pair.start { try $0.bindUDP(port: 7, UDPEchoServer()) }
+        let serverEndpoint = UDPEndpoint(SwitchedPair.serverAddress, 7)
         let size = self.size, flows = self.flows
-        try runtime.run(on: clientCore) { core in
-            let c = ifaces.value.1
-            for f in 0..<flows {
-                try? c.bindUDP(port: UInt16(10_000 + f),
-                               EchoClientFlow(stats: box.value.0, stop: box.value.1, server: serverEndpoint,
-                                              flow: UInt32(f), size: size))
-            }
-            if clientCore != 0 {
-                let poller = InterfacePoller()
-                poller.add(c)
-                core.addPoller(poller)
-            }
+        @Sendable func flow(_ f: Int) -> EchoClientFlow {
+            EchoClientFlow(stats: shared.value.0, stop: shared.value.1, server: serverEndpoint, flow: UInt32(f), size: size)
         }
-        // Resolve ARP with one probe first, so the flows do not all queue behind it.
-        try runtime.run(on: clientCore) { _ in
-            var probe = [UInt8](repeating: 0, count: 8)
-            probe.withUnsafeMutableBytes { _ = ifaces.value.1.sendUDP(UnsafeRawBufferPointer($0), from: 9, to: serverEndpoint) }
-        }
-        let waitStart = MonotonicClock.nanoseconds()
-        while try runtime.run(on: clientCore, { _ in ifaces.value.1.neighbor(serverAddress) == nil }) {
-            if MonotonicClock.nanoseconds() - waitStart > 2_000_000_000 { throw BenchError("ARP did not resolve") }
-            usleep(1000)
+        try pair.onClient { _ in
+            for f in 0..<flows { try? pair.client.bindUDP(port: UInt16(10_000 + f), flow(f)) }
         }
         let rssBefore = ProcessStats.residentBytes()
         let start = MonotonicClock.nanoseconds()
-        try runtime.run(on: clientCore) { _ in
-            let c = ifaces.value.1
+        try pair.onClient { _ in
             for f in 0..<flows {
-                var socket = c.udpSocket(port: UInt16(10_000 + f))
-                EchoClientFlow(stats: box.value.0, stop: box.value.1, server: serverEndpoint,
-                               flow: UInt32(f), size: size).send(&socket)
+                var socket = pair.client.udpSocket(port: UInt16(10_000 + f))
+                flow(f).send(&socket)
             }
         }
         while Double(MonotonicClock.nanoseconds() - start) / 1e9 < seconds { usleep(10_000) }
-        let (echoes, end) = try runtime.run(on: clientCore) { _ -> (UInt64, UInt64) in
-            box.value.1.store(true, ordering: .relaxed)
-            return (box.value.0.pointee.echoes, MonotonicClock.nanoseconds())
+        let (echoes, end) = try pair.onClient { _ -> (UInt64, UInt64) in
+            shared.value.1.store(true, ordering: .relaxed)
+            return (shared.value.0.pointee.echoes, MonotonicClock.nanoseconds())
         }
         let rss = ProcessStats.residentBytes()
         // Let the last requests drain, then check nothing was lost or garbled.
         usleep(50_000)
-        let (final, mismatches, counters) = try runtime.run(on: clientCore) { _ in
-            (box.value.0.pointee.echoes, box.value.0.pointee.mismatches, ifaces.value.1.counters)
+        let (final, mismatches, counters) = try pair.onClient { _ in
+            (shared.value.0.pointee.echoes, shared.value.0.pointee.mismatches, pair.client.counters)
         }
-        let drops = serverPort.framesDropped + clientPort.framesDropped
+        let drops = pair.serverPort.framesDropped + pair.clientPort.framesDropped
         let ok = mismatches == 0 && drops == 0 && final >= echoes && final <= echoes + UInt64(flows)
             && counters.badChecksums == 0
         var r = BenchResult(bench: "udp-echo", verified: ok)
