@@ -1,10 +1,12 @@
-/// An address and port.
-public struct UDPEndpoint: Hashable, Sendable, CustomStringConvertible {
+/// An IPv4 address and a port: one end of a UDP exchange or a TCP connection.
+public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
     public var address: IPv4Address
     public var port: UInt16
     public init(_ address: IPv4Address, _ port: UInt16) { self.address = address; self.port = port }
     public var description: String { "\(address):\(port)" }
 }
+
+public typealias UDPEndpoint = Endpoint
 
 /// A UDP socket's behaviour: a value type whose stored properties are the socket's state.
 /// The interface calls it for every datagram to its port, on the interface's core.

@@ -1,12 +1,6 @@
 import HereticCore
 
-/// The far end of a connection.
-public struct TCPEndpoint: Hashable, Sendable, CustomStringConvertible {
-    public var address: IPv4Address
-    public var port: UInt16
-    public init(_ address: IPv4Address, _ port: UInt16) { self.address = address; self.port = port }
-    public var description: String { "\(address):\(port)" }
-}
+public typealias TCPEndpoint = Endpoint
 
 /// A connection's behaviour: a value type whose stored properties are the connection's
 /// application state, kept inline beside its control block (no object per connection).
