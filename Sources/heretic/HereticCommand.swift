@@ -60,6 +60,10 @@ struct Bench: ParsableCommand {
             results.append(try AsyncEventsBenchmark(tasks: 10_000, seconds: 3).run())
             results.append(try UDPEchoBenchmark(layout: .loopback, seconds: 2).run())
             if cpus > 1 { results.append(try UDPEchoBenchmark(layout: .balanced, seconds: 2).run()) }
+            results.append(try TCPEchoBenchmark(layout: .loopback, connections: 1, seconds: 2).run())
+            results.append(try TCPEchoBenchmark(layout: .loopback, connections: 256, seconds: 2).run())
+            results.append(try TCPShortBenchmark(layout: .loopback, connections: 64, seconds: 2).run())
+            results.append(try TCPHoldBenchmark(connections: 100_000, seconds: 1).run())
             if output.json {
                 try report(results, output)
                 return
@@ -289,6 +293,20 @@ func printSummary(_ results: [BenchResult]) {
             let brief = layout == "loopback" ? "14 M (own switch, single-port single-core)" : "13 M (own switch, dual-port dual-core)"
             rows.append(("UDP echoes / s, 150 B, \(layout) (virtual switch)", humanRate(v), brief))
         }
+    }
+    for (conns, brief) in [(1, "5.3 M (1 conn)"), (256, "5.03 M (256 conns)")] {
+        if let r = results.first(where: { $0["bench"]?.human == "tcp-echo" && $0["conns"]?.asDouble == Double(conns) }),
+           let v = r["echoes_per_sec"]?.asDouble, let p50 = r["rtt_p50_us"]?.asDouble {
+            rows.append(("TCP echoes / s, \(conns) conn(s), loopback (RTT p50)",
+                         humanRate(v) + " (" + formatFixed(p50, digits: 0) + " us)", brief + ", own switch"))
+        }
+    }
+    if let v = value("tcp-short", "cycles_per_sec") {
+        rows.append(("TCP short connections / s (connect, echo, close)", humanRate(v), "4.0 M (one core)"))
+    }
+    if let b = value("tcp-hold", "bytes_per_conn") {
+        rows.append(("memory per TCP connection, both ends (100 K held)", formatFixed(b, digits: 0) + " bytes",
+                     "about 350 (12 M in 4 GB)"))
     }
     rows.append(("Linux native thread switches / s (brief's baseline)", "", "about 130 K"))
     let w0 = rows.map(\.0.count).max()!, w1 = rows.map(\.1.count).max()!
