@@ -172,6 +172,39 @@ struct TCPLayerTests {
         #expect(net.a.tcp.timeWaitCount == 0 && net.a.tcpConnectionCount == 0 && net.b.tcpConnectionCount == 0)
     }
 
+    @Test("a SYN flood fills the backlog, is dropped and counted; a late legitimate client gets in")
+    func synFlood() throws {
+        let net = TwoHosts(), log = TCPLog()
+        try net.b.listenTCP(port: 7, backlog: 8) { TCPEcho() }
+        // Spoofed SYNs from 200 ports of a host that never answers (10.77.0.66 has no ARP
+        // entry, so the SYN-ACKs wait for ARP and their handshakes never finish).
+        let spoofed = IPv4Address(10, 77, 0, 66)
+        var frames: [Packet] = []
+        for port in 0..<200 {
+            var f = [UInt8](repeating: 0, count: 54)
+            f.withUnsafeMutableBytes { b in
+                let p = b.baseAddress!
+                EthernetFrame.emit(into: p, destination: macB, source: macA, etherType: EtherType.ipv4)
+                TCPSegment.emit(into: p + 34, sourcePort: UInt16(20_000 + port), destinationPort: 7,
+                                sequenceNumber: UInt32(port) &* 7919, acknowledgmentNumber: 0, flags: .syn,
+                                window: 65_535, payloadLength: 0, source: spoofed, destination: hostB)
+                IPv4Packet.emit(into: p + 14, source: spoofed, destination: hostB, protocol: IPProtocol.tcp, payloadLength: 20)
+            }
+            frames.append(f.withUnsafeBytes { net.poolA.copy(from: $0.baseAddress!, length: 54)! })
+        }
+        net.link.a.transmit(&frames, pool: net.poolA)
+        net.run(5)
+        let layer = net.b.tcp
+        #expect(layer.synBacklogDrops == 192, "8 half-open accepted, the rest dropped")
+        #expect(net.b.tcpConnectionCount == 8)
+        // The half-open ones time out after their SYN-ACK retries; then a real client connects.
+        net.run(70_000)
+        #expect(net.b.tcpConnectionCount == 0)
+        net.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: Array("after the flood".utf8), log: log))
+        net.run(200)
+        #expect(log.received == Array("after the flood".utf8))
+    }
+
     @Test("bulk data both ways over a lossy, duplicating, reordering link arrives byte-exact",
           arguments: [UInt64(1), 2])
     func lossyBulk(seed: UInt64) throws {

@@ -80,10 +80,13 @@ public final class Interface {
     /// conversation). Use it on the interface's core.
     public func udpSocket(port: UInt16) -> UDPSocket { UDPSocket(interface: self, localPort: port) }
 
-    /// Accepts TCP connections on `port`, each with a handler made by `makeHandler`.
+    /// Accepts TCP connections on `port`, each with a handler made by `makeHandler`. At most
+    /// `backlog` connections may be half-open (handshake not finished) at once; further SYNs
+    /// are dropped and counted until some complete or time out.
     @inlinable
-    public func listenTCP<H: TCPHandler>(port: UInt16, _ makeHandler: @escaping () -> H) throws(NetError) {
-        try tcp.listen(port: port, makeHandler: makeHandler)
+    public func listenTCP<H: TCPHandler>(port: UInt16, backlog: Int = 4096,
+                                         _ makeHandler: @escaping () -> H) throws(NetError) {
+        try tcp.listen(port: port, backlog: backlog, makeHandler: makeHandler)
     }
 
     /// Opens a TCP connection; `handler` hears of it. Returns the local port chosen.

@@ -84,6 +84,10 @@ public struct TCPConnection {
 @usableFromInline class AnyTCPArena {
     /// The arena's number in its layer (the high half of its connections' references).
     @usableFromInline var index: UInt16 = 0
+    /// For listeners: connections accepted and still half-open (SYN-RECEIVED), and the most
+    /// there may be; SYNs beyond it are dropped and counted.
+    @usableFromInline var halfOpen = 0
+    @usableFromInline var backlog = Int.max
     @usableFromInline @exclusivity(unchecked) var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
     @usableFromInline @exclusivity(unchecked) var timerFired: (UInt32) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
@@ -111,6 +115,8 @@ public struct TCPConnection {
         @usableFromInline var timer: TimerHandle?
         @usableFromInline var inUse: Bool
         @usableFromInline var inTimeWait = false
+        /// Accepted from a listener and not yet established (counts against its backlog).
+        @usableFromInline var halfOpen = false
 
         @inlinable init(tcb: TCB, handler: H, remote: TCPEndpoint, localPort: UInt16, timer: TimerHandle?, inUse: Bool) {
             self.tcb = tcb
@@ -173,6 +179,8 @@ public struct TCPConnection {
         let iss = layer.initialSequenceNumber(remote: remote, localPort: localPort)
         let tcb = TCB.accept(syn, iss: iss, now: layer.clock, out: &out)
         let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort, timer: nil, inUse: true))
+        slots[Int(slot)].halfOpen = true
+        halfOpen += 1
         layer.register(ref(slot), remote: remote, localPort: localPort)
         apply(slot, out, payload: nil)
         return slot
@@ -248,6 +256,10 @@ public struct TCPConnection {
                 slots[Int(slot)].handler.received(UnsafeRawBufferPointer(start: p + offset, count: length), &c)
                 layer.callbackDepth -= 1
             case .connected:
+                if slots[Int(slot)].halfOpen {
+                    slots[Int(slot)].halfOpen = false
+                    halfOpen -= 1
+                }
                 var c = connection(slot)
                 layer.callbackDepth += 1
                 slots[Int(slot)].handler.connected(&c)
@@ -294,6 +306,7 @@ public struct TCPConnection {
         let s = slots[Int(slot)]
         if let t = s.timer { layer.timers.cancel(t) }
         if s.inTimeWait { layer.leaveTimeWait() }
+        if s.halfOpen { halfOpen -= 1 }
         slots[Int(slot)].inUse = false
         slots[Int(slot)].inTimeWait = false
         slots[Int(slot)].timer = nil
@@ -336,6 +349,8 @@ public final class TCPLayer {
     public private(set) var timeWaitCount = 0
     public var timeWaitLimit = 16_384
     public private(set) var timeWaitOverflows = 0
+    /// SYNs dropped because their listener's backlog of half-open connections was full.
+    public private(set) var synBacklogDrops = 0
     /// TIME-WAIT connections given up to let a new outgoing connection use their port.
     public private(set) var timeWaitRecycled = 0
     /// Handler callbacks running now; connections opened inside one wait until it returns.
@@ -443,9 +458,10 @@ public final class TCPLayer {
     // MARK: API
 
     /// Accepts connections on `port`; each gets a handler from `makeHandler`.
-    @inlinable func listen<H: TCPHandler>(port: UInt16, makeHandler: @escaping () -> H) throws(NetError) {
+    @inlinable func listen<H: TCPHandler>(port: UInt16, backlog: Int, makeHandler: @escaping () -> H) throws(NetError) {
         guard listeners[port] == nil else { throw .addressInUse(port) }
         let a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: makeHandler)
+        a.backlog = max(1, backlog)
         arenas.append(a)
         listeners[port] = a
     }
@@ -583,6 +599,12 @@ public final class TCPLayer {
         }
         if seg.flags.contains(.syn) && !seg.flags.contains(.ack) && !seg.flags.contains(.rst),
            let listener = listeners[tcp.destinationPort] {
+            guard listener.halfOpen < listener.backlog else {
+                // The backlog is full (a SYN flood, or a slow peer population): drop, count,
+                // send nothing. Legitimate peers retry their SYN.
+                synBacklogDrops += 1
+                return
+            }
             _ = listener.accept(seg, remote, tcp.destinationPort)
             return
         }
