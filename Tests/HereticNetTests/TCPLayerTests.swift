@@ -103,6 +103,24 @@ struct ChainClient: TCPHandler {
     }
 }
 
+/// Counts how many pieces the data arrives in.
+struct PieceCounter: TCPHandler {
+    let log: TCPLog
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+        log.events.append("piece \(data.count)")
+        log.received += data
+    }
+}
+
+/// Writes three small pieces back to back as soon as it connects.
+struct SmallWriter: TCPHandler {
+    let noDelay: Bool
+    mutating func connected(_ connection: inout TCPConnection) {
+        connection.setNoDelay(noDelay)
+        for piece in ["a", "bb", "ccc"] { Array(piece.utf8).withUnsafeBytes { _ = connection.send($0) } }
+    }
+}
+
 @Suite("TCP over simulated links")
 struct TCPLayerTests {
     @Test("a client connects, its bytes come back through the echo server, both close")
@@ -203,6 +221,17 @@ struct TCPLayerTests {
         net.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: Array("after the flood".utf8), log: log))
         net.run(200)
         #expect(log.received == Array("after the flood".utf8))
+    }
+
+    @Test("Nagle holds small writes while data is unacknowledged; no-delay sends each at once",
+          arguments: [false, true])
+    func nagle(noDelay: Bool) throws {
+        let net = TwoHosts(), log = TCPLog()
+        try net.b.listenTCP(port: 9) { PieceCounter(log: log) }
+        net.a.connectTCP(to: TCPEndpoint(hostB, 9), SmallWriter(noDelay: noDelay))
+        net.run(50)
+        #expect(log.received == Array("abbccc".utf8))
+        #expect(log.events == (noDelay ? ["piece 1", "piece 2", "piece 3"] : ["piece 1", "piece 5"]))
     }
 
     @Test("bulk data both ways over a lossy, duplicating, reordering link arrives byte-exact",

@@ -56,6 +56,10 @@ public struct TCPConnection {
 
     /// Bytes queued and not yet acknowledged.
     public var bytesQueued: Int { layer.queued(ref) }
+
+    /// Turns Nagle's algorithm off (true) or on (false, the default): with it off, small
+    /// segments go out at once even while earlier data is unacknowledged.
+    public func setNoDelay(_ noDelay: Bool) { layer.setNoDelay(ref, noDelay) }
 }
 
 /// Per-connection data waiting for acknowledgement: created with the first byte sent and
@@ -65,6 +69,8 @@ public struct TCPConnection {
     /// Bytes at the front already acknowledged (trimmed in batches).
     @usableFromInline var acked = 0
     @usableFromInline var closeRequested = false
+    /// Nagle off: send small segments at once even with data unacknowledged.
+    @usableFromInline var noDelay = false
     @inlinable init() {}
 
     @usableFromInline var pending: Int { bytes.count - acked }
@@ -75,6 +81,7 @@ public struct TCPConnection {
         bytes = []
         acked = 0
         closeRequested = false
+        noDelay = false
     }
 }
 
@@ -527,6 +534,11 @@ public final class TCPLayer {
         a.applyErased(slot, out)
     }
 
+    @usableFromInline func setNoDelay(_ ref: UInt64, _ noDelay: Bool) {
+        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].noDelay = noDelay
+        if noDelay { pump(ref) }
+    }
+
     @usableFromInline func queued(_ ref: UInt64) -> Int {
         arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].pending
     }
@@ -544,7 +556,11 @@ public final class TCPLayer {
                 let unsent = q.pending - tcb.bytesInFlight
                 let room = min(tcb.sendWindowAvailable, Int(tcb.sendMSS))
                 guard unsent > 0, room > 0 else { break }
-                tcb.send(length: min(unsent, room), now: clock, out: &out)
+                let length = min(unsent, room)
+                // Nagle (RFC 1122 4.2.3.4): with data unacknowledged, a segment shorter than
+                // a full MSS waits for the ACK so that small writes coalesce.
+                if length < Int(tcb.sendMSS) && tcb.bytesInFlight > 0 && !q.noDelay { break }
+                tcb.send(length: length, now: clock, out: &out)
             }
             guard q.pending == tcb.bytesInFlight else { return }  // data still to (re)send
             if tcb.pendingFIN {
