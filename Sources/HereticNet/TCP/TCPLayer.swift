@@ -363,6 +363,12 @@ public final class TCPLayer {
     /// Handler callbacks running now; connections opened inside one wait until it returns.
     @usableFromInline @exclusivity(unchecked) var callbackDepth = 0
     @usableFromInline @exclusivity(unchecked) var deferred: [() -> Void] = []
+    /// Drained send-queue buffers kept for reuse: idle connections own none, busy ones stop
+    /// going to malloc for every message.
+    @usableFromInline @exclusivity(unchecked) var spareBuffers: [[UInt8]] = []
+    static let spareBufferLimit = 1024
+    static let spareBufferMaxCapacity = 65_536
+
     /// Work for the next tick (refusals), run once per tick.
     @usableFromInline @exclusivity(unchecked) var nextTick: [() -> Void] = []
     /// Segments built, for ACK coalescing (any segment carries the current ACK).
@@ -510,6 +516,9 @@ public final class TCPLayer {
         let state = a.tcb(UInt32(slot)).state
         guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
               !a.queues[slot].closeRequested else { return false }
+        if a.queues[slot].bytes.capacity == 0, let spare = spareBuffers.popLast() {
+            a.queues[slot].bytes = spare
+        }
         a.queues[slot].bytes.append(contentsOf: bytes)
         pump(ref)
         return true
@@ -580,7 +589,13 @@ public final class TCPLayer {
         guard !a.queues[slot].bytes.isEmpty else { return }
         let acked = min(a.queues[slot].bytes.count, a.queues[slot].acked + count)
         if acked == a.queues[slot].bytes.count {
-            a.queues[slot].bytes = []  // lazy IO: an idle connection owns no buffer
+            // Lazy IO: the connection gives its buffer up; the layer keeps a bounded few.
+            var drained: [UInt8] = []
+            swap(&drained, &a.queues[slot].bytes)
+            if spareBuffers.count < Self.spareBufferLimit && drained.capacity <= Self.spareBufferMaxCapacity {
+                drained.removeAll(keepingCapacity: true)
+                spareBuffers.append(drained)
+            }
             a.queues[slot].acked = 0
         } else if acked > 65_536 {
             a.queues[slot].bytes.removeFirst(acked)
