@@ -205,7 +205,8 @@ public struct TCPConnection {
     }
 
     @inlinable func segmentArrived(_ slot: UInt32, _ seg: TCPSegmentInfo, _ payload: UnsafeRawPointer?) {
-        var out: [TCPAction] = []
+        var out = layer.takeActions()
+        defer { layer.giveBack(&out) }
         let before = slots[Int(slot)].tcb.sndUna
         slots[Int(slot)].tcb.segmentArrived(seg, now: layer.clock, out: &out)
         let advanced = slots[Int(slot)].tcb.sndUna - before
@@ -368,6 +369,20 @@ public final class TCPLayer {
     @usableFromInline @exclusivity(unchecked) var spareBuffers: [[UInt8]] = []
     static let spareBufferLimit = 1024
     static let spareBufferMaxCapacity = 65_536
+
+    /// Action arrays reused across calls (each nested call takes its own), so handling a
+    /// segment allocates none.
+    @usableFromInline @exclusivity(unchecked) var actionArrays: [[TCPAction]] = []
+
+    @usableFromInline func takeActions() -> [TCPAction] {
+        actionArrays.popLast() ?? { var a: [TCPAction] = []; a.reserveCapacity(8); return a }()
+    }
+
+    @usableFromInline func giveBack(_ actions: inout [TCPAction]) {
+        guard actionArrays.count < 64 else { return }
+        actions.removeAll(keepingCapacity: true)
+        actionArrays.append(actions)
+    }
 
     /// Work for the next tick (refusals), run once per tick.
     @usableFromInline @exclusivity(unchecked) var nextTick: [() -> Void] = []
@@ -557,7 +572,8 @@ public final class TCPLayer {
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         let q = a.queues[Int(slot)]
         guard !q.isIdle else { return }
-        var out: [TCPAction] = []
+        var out = takeActions()
+        defer { giveBack(&out) }
         var closeNow = false
         a.run(slot) { tcb in
             guard tcb.canSendData else { return }
