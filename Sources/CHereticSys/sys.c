@@ -75,16 +75,6 @@ void heretic_eventfd_signal(int fd) {
     do { rc = write(fd, &one, sizeof(one)); } while (rc < 0 && errno == EINTR);
 }
 
-int heretic_eventfd_wait(int fd, int timeout_ms) {
-    struct pollfd p = { .fd = fd, .events = POLLIN, .revents = 0 };
-    int rc;
-    do { rc = poll(&p, 1, timeout_ms); } while (rc < 0 && errno == EINTR);
-    if (rc <= 0) return 0;
-    uint64_t value;
-    while (read(fd, &value, sizeof(value)) > 0) {}
-    return 1;
-}
-
 int heretic_eventfd_wait_ns(int fd, int64_t timeout_ns) {
     struct pollfd p = { .fd = fd, .events = POLLIN, .revents = 0 };
     struct timespec ts, *tp = NULL;

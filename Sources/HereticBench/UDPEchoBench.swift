@@ -82,11 +82,6 @@ struct EchoClientFlow: UDPHandler {
     }
 }
 
-/// Starts a flow's first request from outside a datagram callback.
-struct FlowStarter: UDPHandler {
-    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {}
-}
-
 /// Echoes every datagram back to its sender.
 public struct UDPEchoServer: UDPHandler {
     public init() {}

@@ -26,11 +26,8 @@ uint64_t heretic_monotonic_ns(void);
 /// An eventfd used to wake an idle core. Returns the fd or -errno.
 int heretic_eventfd_create(void);
 void heretic_eventfd_signal(int fd);
-/// Waits until the fd is readable or `timeout_ms` passes (-1: forever); drains it.
-/// Returns 1 when signalled, 0 on timeout.
-int heretic_eventfd_wait(int fd, int timeout_ms);
-/// Like heretic_eventfd_wait with a timeout in nanoseconds (-1: forever), so a core can
-/// sleep to the exact start of its next timer tick.
+/// Waits until the fd is readable or `timeout_ns` passes (-1: forever) and drains it, so a
+/// core can sleep to the exact start of its next timer tick. Returns 1 when signalled, 0 on timeout.
 int heretic_eventfd_wait_ns(int fd, int64_t timeout_ns);
 void heretic_close(int fd);
 

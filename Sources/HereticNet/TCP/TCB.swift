@@ -263,9 +263,8 @@ public struct TCB: Sendable, Equatable {
         guard sndUna != sndNxt, state != .closed, state != .timeWait else { return }
         let limit = state == .synSent || state == .synReceived ? Self.maxSynRetries : Self.maxRetries
         if retries >= limit {
-            let wasConnecting = state == .synSent
             state = .closed
-            out.append(.closed(wasConnecting ? .timedOut : .timedOut))
+            out.append(.closed(.timedOut))
             return
         }
         retries += 1

@@ -100,7 +100,7 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
     @usableFromInline @exclusivity(unchecked) var applyActions: (UInt32, [TCPAction]) -> Void = { _, _ in }
     @usableFromInline @exclusivity(unchecked) var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
-    @usableFromInline @exclusivity(unchecked) var tcb: (UInt32) -> TCB = { _ in TCB() }
+    @usableFromInline @exclusivity(unchecked) var state: (UInt32) -> TCPState = { _ in .closed }
     @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
     /// For a SYN that may reuse a TIME-WAIT 4-tuple: whether the slot is in TIME-WAIT with an
@@ -151,7 +151,7 @@ public struct TCPConnection {
         run = { [unowned(unsafe) self] slot, body in body(&self.slots[Int(slot)].tcb) }
         applyActions = { [unowned(unsafe) self] in self.apply($0, $1, payload: nil) }
         endpoints = { [unowned(unsafe) self] in (self.slots[Int($0)].remote, self.slots[Int($0)].localPort) }
-        tcb = { [unowned(unsafe) self] in self.slots[Int($0)].tcb }
+        state = { [unowned(unsafe) self] in self.slots[Int($0)].tcb.state }
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
         live = { [unowned(unsafe) self] in self.count }
         yieldTimeWait = { [unowned(unsafe) self] slot, sequence in
@@ -528,7 +528,7 @@ public final class TCPLayer {
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
         let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
-        let state = a.tcb(UInt32(slot)).state
+        let state = a.state(UInt32(slot))
         guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
               !a.queues[slot].closeRequested else { return false }
         if a.queues[slot].bytes.capacity == 0, let spare = spareBuffers.popLast() {
