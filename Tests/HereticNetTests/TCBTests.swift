@@ -5,7 +5,7 @@ import Testing
 func segments(_ actions: [TCPAction]) -> [TCPSegmentInfo] {
     actions.compactMap {
         switch $0 {
-        case .send(let s), .sendData(let s): return s
+        case .send(let s), .sendData(let s), .resendData(let s): return s
         default: return nil
         }
     }
@@ -15,8 +15,10 @@ func segments(_ actions: [TCPAction]) -> [TCPSegmentInfo] {
 /// unless another segment of the round already carried it.
 func resolved(_ actions: [TCPAction], _ tcb: TCB) -> [TCPAction] {
     let carried = !segments(actions).isEmpty
-    var out = actions.filter { $0 != .acknowledge }
-    if actions.contains(.acknowledge) && !carried { out.append(.send(tcb.ackSegment(now: 1))) }
+    var out = actions.filter { $0 != .acknowledge && $0 != .acknowledgeDelayed }
+    if (actions.contains(.acknowledge) || actions.contains(.acknowledgeDelayed)) && !carried {
+        out.append(.send(tcb.ackSegment(now: 1)))
+    }
     return out
 }
 
@@ -318,6 +320,211 @@ struct TCBTests {
         var o: [TCPAction] = []
         client.abort(out: &o)
         #expect(segments(o).first?.flags == [.rst, .ack] && o.last == .closed(.reset))
-        #expect(MemoryLayout<TCB>.size <= 80, "compact state (the 4-tuple and timer slot fit in the 128-byte budget): \(MemoryLayout<TCB>.size) bytes")
+        #expect(MemoryLayout<TCB>.size <= 88, "compact state (the 4-tuple and timer slot fit in the 128-byte budget): \(MemoryLayout<TCB>.size) bytes")
+    }
+}
+
+/// A pure ACK from the peer of `to`, at the sequence `to` expects, with this acknowledgment
+/// and (unscaled) window.
+func pureAck(_ to: TCB, ack: SequenceNumber, window: UInt16 = 65_535) -> TCPSegmentInfo {
+    TCPSegmentInfo(sequence: to.rcvNxt, acknowledgment: ack, flags: .ack, window: window)
+}
+
+@Suite("TCP congestion control, persist, keepalive and timeouts")
+struct TCBRecoveryTests {
+    @Test("slow start grows the window by one MSS per ACK from RFC 6928's initial window")
+    func slowStart() {
+        var (client, _) = connectedPair()
+        #expect(client.cwnd == 14_600, "min(10 MSS, max(2 MSS, 14600)) for MSS 1460")
+        var out: [TCPAction] = []
+        for _ in 0..<4 { client.send(length: 1460, now: 2, out: &out) }
+        #expect(client.sendWindowAvailable == 14_600 - 4 * 1460)
+        var o: [TCPAction] = []
+        client.segmentArrived(pureAck(client, ack: client.sndUna + 2920, window: 512), now: 3, out: &o)
+        #expect(client.cwnd == 14_600 + 1460, "one MSS per ACK in slow start (RFC 3465, L = 1)")
+        // Window scaling: 512 << 7 = 65,536 bytes of peer window, still bounded by cwnd.
+        #expect(client.sndWnd == 65_536 && client.sendWindowAvailable == Int(client.cwnd) - 2920)
+    }
+
+    @Test("three duplicate ACKs: fast retransmit, NewReno recovery over a partial ACK, exit at the full ACK")
+    func fastRecovery() {
+        var (client, _) = connectedPair()
+        var out: [TCPAction] = []
+        // The peer's first scaled window (its SYN-ACK's was unscaled): from now on it repeats.
+        client.segmentArrived(pureAck(client, ack: client.sndUna, window: UInt16(65_535 >> 7)), now: 2, out: &out)
+        for _ in 0..<8 { client.send(length: 1460, now: 2, out: &out) }
+        let una = client.sndUna
+        // Segments 1 and 3 are lost; the receiver repeats its ACK for segment 1.
+        var o: [TCPAction] = []
+        for i in 0..<3 {
+            client.segmentArrived(pureAck(client, ack: una, window: UInt16(65_535 >> 7)), now: UInt32(3 + i), out: &o)
+        }
+        #expect(client.inRecovery && client.dupAcks == 3)
+        let resent = o.compactMap { if case .resendData(let s) = $0 { return s } else { return nil } }
+        #expect(resent.map(\.sequence) == [una] && resent.first?.payloadLength == 1460, "the first hole again")
+        #expect(client.ssthresh == 8 * 1460 / 2 && client.cwnd == client.ssthresh + 3 * 1460)
+        // A fourth duplicate inflates the window by one MSS.
+        o = []
+        client.segmentArrived(pureAck(client, ack: una, window: UInt16(65_535 >> 7)), now: 7, out: &o)
+        #expect(client.cwnd == client.ssthresh + 4 * 1460)
+        // Partial ACK (up to the second hole): resend it at once, stay in recovery.
+        o = []
+        client.segmentArrived(pureAck(client, ack: una + 2 * 1460, window: UInt16(65_535 >> 7)), now: 8, out: &o)
+        let again = o.compactMap { if case .resendData(let s) = $0 { return s } else { return nil } }
+        #expect(client.inRecovery && again.map(\.sequence) == [una + 2 * 1460])
+        // Full ACK: recovery ends with cwnd deflated to ssthresh.
+        o = []
+        client.segmentArrived(pureAck(client, ack: client.sndNxt, window: UInt16(65_535 >> 7)), now: 9, out: &o)
+        #expect(!client.inRecovery && client.cwnd == min(client.ssthresh, 2 * 1460) && client.bytesInFlight == 0)
+        #expect(o.contains(.cancelRetransmit))
+    }
+
+    @Test("a timeout collapses the window to one MSS; ACKs for data sent before it still count")
+    func timeoutAndSndMax() {
+        var (client, server) = connectedPair()
+        var out: [TCPAction] = []
+        for _ in 0..<4 { client.send(length: 1000, now: 2, out: &out) }
+        let sent = segments(out)
+        var o: [TCPAction] = []
+        client.retransmitTimeout(now: 1000, out: &o)
+        #expect(client.cwnd == 1460 && client.ssthresh == 2920 && client.sndNxt == client.sndUna + 1460)
+        #expect(client.sndMax == client.sndUna + 4000)
+        // The originals were only delayed: the server got them all and acknowledges 4000.
+        var serverOut: [TCPAction] = []
+        for seg in sent { server.segmentArrived(seg, now: 1001, out: &serverOut) }
+        #expect(server.rcvNxt == client.sndMax)
+        o = []
+        client.segmentArrived(server.ackSegment(now: 1002), now: 1002, out: &o)
+        #expect(client.sndUna == client.sndMax && client.bytesInFlight == 0, "not refused as data never sent")
+        #expect(client.ackSegment(now: 1).sequence == client.sndMax)
+    }
+
+    @Test("a zero window is probed with backoff, never given up while answered, and reopens")
+    func persist() {
+        var (client, _) = connectedPair()
+        var o: [TCPAction] = []
+        client.segmentArrived(pureAck(client, ack: client.sndUna, window: 0), now: 2, out: &o)
+        #expect(client.sndWnd == 0 && client.sendWindowAvailable == 0)
+        o = []
+        client.windowClosed(out: &o)
+        #expect(client.persisting && o == [.armRetransmit(milliseconds: Int(client.rto))])
+        o = []
+        client.windowClosed(out: &o)
+        #expect(o.isEmpty, "idempotent while persisting")
+        var intervals: [Int] = []
+        for i in 0..<12 {
+            o = []
+            client.timerFired(now: UInt32(1000 * (i + 1)), unsent: 100, out: &o)
+            let probe = segments(o).first
+            #expect(probe?.sequence == client.sndUna - 1 && probe?.payloadLength == 0, "a probe the peer must answer")
+            if case .armRetransmit(let ms)? = o.last { intervals.append(ms) }
+            // The peer answers, still with a zero window: the count of unanswered probes resets.
+            var a: [TCPAction] = []
+            client.segmentArrived(pureAck(client, ack: client.sndUna, window: 0), now: UInt32(1000 * (i + 1) + 1), out: &a)
+        }
+        #expect(client.state == .established && client.probes == 0)
+        #expect(intervals.prefix(3) == [Int(client.rto) * 2, Int(client.rto) * 2, Int(client.rto) * 2],
+                "answered probes do not back off")
+        // The window opens: sending resumes and persist mode ends.
+        o = []
+        client.segmentArrived(pureAck(client, ack: client.sndUna, window: 100), now: 20_000, out: &o)
+        client.send(length: 100, now: 20_000, out: &o)
+        #expect(!client.persisting && client.bytesInFlight == 100)
+        // Unanswered probes do back off, and end the connection at the retry limit.
+        var (lonely, _) = connectedPair()
+        o = []
+        lonely.segmentArrived(pureAck(lonely, ack: lonely.sndUna, window: 0), now: 2, out: &o)
+        lonely.windowClosed(out: &o)
+        var backoff: [Int] = []
+        for i in 0..<20 where lonely.state != .closed {
+            o = []
+            lonely.timerFired(now: UInt32(100_000 * (i + 1)), unsent: 5, out: &o)
+            if case .armRetransmit(let ms)? = o.last { backoff.append(ms) }
+        }
+        #expect(lonely.state == .closed && o.last == .closed(.timedOut))
+        #expect(backoff == backoff.sorted() && backoff.last! > backoff.first!)
+    }
+
+    @Test("keepalive probes an idle peer, an answer keeps it, silence ends it as timed out")
+    func keepalive() {
+        var (client, _) = connectedPair()
+        var o: [TCPAction] = []
+        client.keepaliveSeconds = 10
+        client.idleSettingsChanged(now: 1, out: &o)
+        #expect(o == [.armRetransmit(milliseconds: 10_000)])
+        o = []
+        client.timerFired(now: 10_001, unsent: 0, out: &o)
+        #expect(segments(o).first?.sequence == client.sndUna - 1 && client.probes == 1)
+        #expect(o.last == .armRetransmit(milliseconds: 10_000))
+        // Answered: the count resets and the next probe is a full idle period away.
+        client.segmentArrived(pureAck(client, ack: client.sndUna), now: 10_002, out: &o)
+        #expect(client.probes == 0)
+        // Silence: nine probes, then the end.
+        var probes = 0
+        var now: UInt32 = 20_002
+        while client.state != .closed && now < 1_000_000 {
+            o = []
+            client.timerFired(now: now, unsent: 0, out: &o)
+            probes += segments(o).filter { $0.flags == .ack }.count
+            now += 10_000
+        }
+        #expect(probes == Int(TCB.keepaliveProbes))
+        #expect(o.contains(.closed(.timedOut)) && segments(o).last?.flags == [.rst, .ack])
+    }
+
+    @Test("the idle timeout aborts a connection without data, and data postpones it")
+    func idleTimeout() {
+        var (client, server) = connectedPair()
+        var o: [TCPAction] = []
+        client.idleTimeoutSeconds = 5
+        client.idleSettingsChanged(now: 1, out: &o)
+        #expect(o == [.armRetransmit(milliseconds: 5000)])
+        // Data at 3 s moves the deadline to 8 s; the timer firing at 5 s re-arms for it.
+        var d: [TCPAction] = []
+        client.send(length: 10, now: 3000, out: &d)
+        deliver(deliver(d, to: &server, now: 3001), to: &client, now: 3002)
+        o = []
+        client.timerFired(now: 5001, unsent: 0, out: &o)
+        #expect(client.state == .established && o == [.armRetransmit(milliseconds: 2999)])
+        o = []
+        client.timerFired(now: 8001, unsent: 0, out: &o)
+        #expect(client.state == .closed && o.last == .closed(.idle) && segments(o).first?.flags == [.rst, .ack])
+    }
+
+    @Test("a connect timeout ends the attempt at its deadline, before the SYN retries run out")
+    func connectTimeout() {
+        var client = TCB(), out: [TCPAction] = []
+        client.connect(iss: SequenceNumber(7), now: 100, timeoutMilliseconds: 2500, out: &out)
+        #expect(out.last == .armRetransmit(milliseconds: 1000))
+        var o: [TCPAction] = []
+        client.timerFired(now: 1100, unsent: 0, out: &o)
+        #expect(o.last == .armRetransmit(milliseconds: 1500), "the backed-off 2 s cut to the deadline")
+        o = []
+        client.timerFired(now: 2600, unsent: 0, out: &o)
+        #expect(client.state == .closed && o == [.closed(.timedOut)])
+    }
+
+    @Test("in-order data may wait for a delayed ACK; out-of-order data and FIN are acknowledged at once")
+    func delayedAck() {
+        var (client, server) = connectedPair()
+        var out: [TCPAction] = []
+        client.send(length: 100, now: 2, out: &out)
+        client.send(length: 100, now: 2, out: &out)
+        let s = segments(out)
+        var o: [TCPAction] = []
+        server.segmentArrived(s[0], now: 3, out: &o)
+        #expect(o.contains(.acknowledgeDelayed) && !o.contains(.acknowledge))
+        var fresh = TCB()
+        (_, fresh) = connectedPair()
+        o = []
+        fresh.segmentArrived(s[1], now: 3, out: &o)
+        #expect(o.contains(.acknowledge) && !o.contains(.acknowledgeDelayed), "a gap: a duplicate ACK now")
+        o = []
+        client.close(now: 4, out: &o)
+        var fin: [TCPAction] = []
+        server.segmentArrived(s[1], now: 5, out: &fin)
+        fin = []
+        server.segmentArrived(segments(o)[0], now: 5, out: &fin)
+        #expect(fin.contains(.acknowledge))
     }
 }

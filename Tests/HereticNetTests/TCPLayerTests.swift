@@ -190,9 +190,10 @@ struct TCPLayerTests {
         #expect(net.a.tcp.timeWaitCount == 0 && net.a.tcpConnectionCount == 0 && net.b.tcpConnectionCount == 0)
     }
 
-    @Test("a SYN flood fills the backlog, is dropped and counted; a late legitimate client gets in")
+    @Test("without SYN cookies a SYN flood fills the backlog, is dropped and counted; a late client gets in")
     func synFlood() throws {
         let net = TwoHosts(), log = TCPLog()
+        net.b.tcp.synCookies = false
         try net.b.listenTCP(port: 7, backlog: 8) { TCPEcho() }
         // Spoofed SYNs from 200 ports of a host that never answers (10.77.0.66 has no ARP
         // entry, so the SYN-ACKs wait for ARP and their handshakes never finish).
@@ -253,7 +254,131 @@ struct TCPLayerTests {
         #expect(serverLog.events.first == "received all \(total), mismatches 0")
         #expect(clientLog.closedReason == .normal && serverLog.closedReason == .normal)
         let dropped = net.injectors.map(\.dropped).reduce(0, +)
-        #expect(dropped > 100, "the link really lost frames (\(dropped))")
+        #expect(dropped > 40, "the link really lost frames (\(dropped))")
+        #expect(net.a.tcp.retransmissions > 0 && net.b.tcp.retransmissions > 0, "and the stack resent")
         #expect(net.poolA.inUse == 0 && net.poolB.inUse == 0)
     }
+
+    /// Frames of spoofed SYNs from a host that never answers (no ARP entry: SYN-ACKs wait).
+    func spoofedSYNs(_ net: TwoHosts, count: Int, port: UInt16) -> [Packet] {
+        let spoofed = IPv4Address(10, 77, 0, 66)
+        return (0..<count).map { i in
+            var f = [UInt8](repeating: 0, count: 54)
+            f.withUnsafeMutableBytes { b in
+                let p = b.baseAddress!
+                EthernetFrame.emit(into: p, destination: macB, source: macA, etherType: EtherType.ipv4)
+                TCPSegment.emit(into: p + 34, sourcePort: UInt16(20_000 + i), destinationPort: port,
+                                sequenceNumber: UInt32(i) &* 7919, acknowledgmentNumber: 0, flags: .syn,
+                                window: 65_535, payloadLength: 0, source: spoofed, destination: hostB)
+                IPv4Packet.emit(into: p + 14, source: spoofed, destination: hostB, protocol: IPProtocol.tcp, payloadLength: 20)
+            }
+            return f.withUnsafeBytes { net.poolA.copy(from: $0.baseAddress!, length: 54)! }
+        }
+    }
+
+    @Test("with the backlog full, SYN cookies complete real handshakes statelessly; forged ACKs are refused")
+    func synCookies() throws {
+        let net = TwoHosts()
+        try net.b.listenTCP(port: 7, backlog: 4) { TCPEcho() }
+        var frames = spoofedSYNs(net, count: 50, port: 7)
+        net.link.a.transmit(&frames, pool: net.poolA)
+        net.run(5)
+        let layer = net.b.tcp
+        #expect(net.b.tcpConnectionCount == 4, "the backlog holds 4 half-open connections")
+        #expect(layer.synCookiesSent == 46 && layer.synBacklogDrops == 0, "the rest got cookies, no state")
+        // Legitimate clients arrive while the backlog is still full: cookies carry them through.
+        let logs = (0..<5).map { _ in TCPLog() }
+        for (i, log) in logs.enumerated() {
+            net.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: Array("cookie \(i)".utf8), log: log))
+        }
+        net.run(100)
+        for (i, log) in logs.enumerated() { #expect(log.received == Array("cookie \(i)".utf8)) }
+        #expect(layer.synCookiesSent == 51 && layer.synCookiesValidated == 5)
+        #expect(layer.synCookiesRejected == 0)
+        // A blind ACK with a guessed cookie: refused with RST, no connection made.
+        let before = net.b.tcpConnectionCount, resets = layer.resetsSent
+        var forged = [UInt8](repeating: 0, count: 54)
+        forged.withUnsafeMutableBytes { b in
+            let p = b.baseAddress!
+            EthernetFrame.emit(into: p, destination: macB, source: macA, etherType: EtherType.ipv4)
+            TCPSegment.emit(into: p + 34, sourcePort: 40_000, destinationPort: 7, sequenceNumber: 1234,
+                            acknowledgmentNumber: 0xdead_beef, flags: .ack, window: 65_535, payloadLength: 0,
+                            source: hostA, destination: hostB)
+            IPv4Packet.emit(into: p + 14, source: hostA, destination: hostB, protocol: IPProtocol.tcp, payloadLength: 20)
+        }
+        var f = [forged.withUnsafeBytes { net.poolA.copy(from: $0.baseAddress!, length: 54)! }]
+        net.link.a.transmit(&f, pool: net.poolA)
+        net.run(5)
+        #expect(layer.synCookiesRejected == 1 && layer.resetsSent == resets + 1 && net.b.tcpConnectionCount <= before)
+    }
+
+    @Test("an ACK for data nobody answers is delayed, then sent; replies carry it instead")
+    func delayedAcks() throws {
+        let net = TwoHosts(), log = TCPLog()
+        try net.b.listenTCP(port: 9) { PieceCounter(log: log) }
+        net.a.connectTCP(to: TCPEndpoint(hostB, 9), SmallWriter(noDelay: true))
+        net.run(5)
+        #expect(log.received == Array("abbccc".utf8))
+        let sentBefore = net.b.tcp.delayedAcksSent
+        #expect(sentBefore == 0, "three segments at once: the second was acknowledged at once")
+        net.run(60)
+        #expect(net.b.tcp.delayedAcksSent == 1, "the third's ACK went out after the delay")
+        // An echo server's replies carry its ACKs: no delayed ACK is ever due.
+        let net2 = TwoHosts(), log2 = TCPLog()
+        try net2.b.listenTCP(port: 7) { TCPEcho() }
+        net2.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: Array("carried".utf8), log: log2))
+        net2.run(200)
+        #expect(log2.received == Array("carried".utf8) && net2.b.tcp.delayedAcksSent == 0)
+    }
+
+    @Test("keepalive keeps an answered idle connection and ends one whose peer went silent")
+    func keepaliveOverLink() throws {
+        let faults = FaultInjector.Faults()
+        let net = TwoHosts(faults: faults, seed: 3), log = TCPLog()
+        try net.b.listenTCP(port: 7) { TCPEcho() }
+        net.a.connectTCP(to: TCPEndpoint(hostB, 7), KeepaliveClient(log: log))
+        net.run(10_000)
+        #expect(log.events == ["connected"], "idle for 10 s with 1 s keepalive: probes answered")
+        #expect(net.a.tcp.windowProbes >= 8)
+        for i in net.injectors { i.faults.drop = 1 }  // the peer vanishes
+        net.run(15_000)
+        #expect(log.events == ["connected", "closed timedOut"])
+    }
+
+    @Test("a connect to a silent host times out at its deadline; an idle timeout closes as idle")
+    func connectAndIdleTimeouts() throws {
+        let net = TwoHosts(faults: FaultInjector.Faults(drop: 1), seed: 4), log = TCPLog()
+        net.a.connectTCP(to: TCPEndpoint(hostB, 7), timeoutMilliseconds: 1500, TCPClient(message: [1], log: log))
+        net.run(1400)
+        #expect(log.closedReason == nil)
+        net.run(200)
+        #expect(log.closedReason == .timedOut && net.a.tcpConnectionCount == 0)
+        let net2 = TwoHosts(), idleLog = TCPLog()
+        try net2.b.listenTCP(port: 7) { TCPEcho() }
+        net2.a.connectTCP(to: TCPEndpoint(hostB, 7), IdleClient(log: idleLog))
+        net2.run(1900)
+        #expect(idleLog.closedReason == nil)
+        net2.run(2000)
+        #expect(idleLog.closedReason == .idle && net2.b.tcpConnectionCount == 0, "the RST reached the server too")
+    }
+}
+
+/// Connects, turns keepalive on (1 s), then stays silent.
+struct KeepaliveClient: TCPHandler {
+    let log: TCPLog
+    mutating func connected(_ connection: inout TCPConnection) {
+        log.events.append("connected")
+        connection.setKeepalive(seconds: 1)
+    }
+    mutating func closed(_ reason: TCPCloseReason) { log.events.append("closed \(reason)") }
+}
+
+/// Connects with a 2 s idle timeout and sends one message at once (echoed), then nothing.
+struct IdleClient: TCPHandler {
+    let log: TCPLog
+    mutating func connected(_ connection: inout TCPConnection) {
+        connection.setIdleTimeout(seconds: 2)
+        Array("x".utf8).withUnsafeBytes { _ = connection.send($0) }
+    }
+    mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
 }

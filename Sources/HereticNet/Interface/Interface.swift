@@ -91,8 +91,8 @@ public final class Interface {
 
     /// Opens a TCP connection; `handler` hears of it. Returns the local port chosen.
     @inlinable @discardableResult
-    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, _ handler: H) -> UInt16 {
-        tcp.connect(to: remote, handler: handler)
+    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, _ handler: H) -> UInt16 {
+        tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
     }
 
     /// Live TCP connections (any state but closed).

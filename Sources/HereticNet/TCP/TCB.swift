@@ -39,8 +39,14 @@ public enum TCPAction: Equatable, Sendable {
     /// Acknowledge what was received. The owner builds the ACK once everything else of this
     /// round went out (`ackSegment`), and skips it if another segment already carried it.
     case acknowledge
+    /// In-order data arrived: acknowledge it, but the ACK may wait (RFC 9293 3.8.6.3, delayed
+    /// ACK) for a reply to carry it, for at most the owner's delay, and no longer than the
+    /// next data segment (every second segment is acknowledged at once).
+    case acknowledgeDelayed
     /// Send `length` bytes of the application's data starting at `sequence`, with these flags.
     case sendData(TCPSegmentInfo)
+    /// The same, for data sent before (a retransmission: timeout, fast retransmit, partial ACK).
+    case resendData(TCPSegmentInfo)
     /// `length` in-order bytes at `offset` of the segment's payload are the application's.
     case deliver(offset: Int, length: Int)
     case connected
@@ -60,8 +66,11 @@ public enum TCPCloseReason: Sendable, Equatable {
     case normal
     case reset
     case refused
-    /// Retransmissions went unanswered (RFC 9293's user timeout).
+    /// Retransmissions, keepalive probes or the connect deadline went unanswered (RFC 9293's
+    /// user timeout).
     case timedOut
+    /// Nothing was sent or received for the connection's idle timeout: it was aborted.
+    case idle
 }
 
 /// A TCP connection's control block: sequence variables and state, as compact plain data
@@ -72,11 +81,14 @@ public enum TCPCloseReason: Sendable, Equatable {
 /// instead of tearing the connection down, and acknowledgements outside what was ever sent
 /// are refused. Options negotiated on the handshake: MSS, window scale, timestamps.
 public struct TCB: Sendable, Equatable {
-    public private(set) var state: TCPState = .closed
     // Send sequence space.
     public private(set) var iss = SequenceNumber(0)
     public private(set) var sndUna = SequenceNumber(0)
+    /// The next sequence number to send (rewound to SND.UNA by a retransmission timeout).
     public private(set) var sndNxt = SequenceNumber(0)
+    /// The highest sequence number ever sent, plus one: ACKs up to it are legitimate even
+    /// after a timeout rewound SND.NXT, and pure ACKs carry it as their sequence number.
+    public private(set) var sndMax = SequenceNumber(0)
     public private(set) var sndWnd: UInt32 = 0
     var sndWl1 = SequenceNumber(0)
     var sndWl2 = SequenceNumber(0)
@@ -87,22 +99,55 @@ public struct TCB: Sendable, Equatable {
     public private(set) var rcvNxt = SequenceNumber(0)
     /// Our receive window in bytes (before scaling).
     public var rcvWnd: UInt32 = 65_535
+    var tsRecent: UInt32 = 0
+    // Congestion control (RFC 5681) with NewReno fast recovery (RFC 6582), in bytes.
+    public private(set) var cwnd: UInt32 = 14_600
+    public private(set) var ssthresh: UInt32 = 0x7fff_ffff
+    /// SND.NXT when fast recovery began: an ACK at or past it ends recovery.
+    var recover = SequenceNumber(0)
+    /// Milliseconds (the owner's clock) of the last segment heard, and of the last data
+    /// delivered or sent: keepalive and the idle timeout count from them. While connecting,
+    /// `lastActive` holds the connect deadline instead (0: none).
+    var lastHeard: UInt32 = 0
+    var lastActive: UInt32 = 0
     // Negotiated options.
     public private(set) var sendMSS: UInt16 = 536
+    // Retransmission (RFC 6298), in milliseconds; SRTT 0 until the first measurement.
+    var srtt16: UInt16 = 0
+    var rttvar16: UInt16 = 0
+    var rto16: UInt16 = 1000
+    /// Keepalive (RFC 1122 4.2.3.6): seconds of silence before the first probe (0: off);
+    /// probes follow at the same interval (at most 75 s), `keepaliveProbes` unanswered end it.
+    public var keepaliveSeconds: UInt16 = 0
+    /// Seconds without data either way before the connection is aborted (0: never).
+    public var idleTimeoutSeconds: UInt16 = 0
+    public private(set) var state: TCPState = .closed
     public private(set) var sndScale: UInt8 = 0
     public private(set) var rcvScale: UInt8 = 0
-    public private(set) var timestamps = false
-    var tsRecent: UInt32 = 0
-    /// Our FIN has been sent and occupies SND.NXT - 1.
-    var finSent = false
-    /// The FIN must follow the data being resent after a timeout.
-    public internal(set) var pendingFIN = false
-    // Retransmission (RFC 6298), in milliseconds; srtt 0 until the first measurement.
-    public private(set) var srtt: UInt32 = 0
-    var rttvar: UInt32 = 0
-    public private(set) var rto: UInt32 = 1000
     /// Consecutive retransmissions of the oldest unacknowledged data.
     public private(set) var retries: UInt8 = 0
+    public private(set) var dupAcks: UInt8 = 0
+    /// Unanswered persist or keepalive probes.
+    public private(set) var probes: UInt8 = 0
+    var bits: UInt8 = 0
+
+    public var srtt: UInt32 { UInt32(srtt16) }
+    var rttvar: UInt32 { UInt32(rttvar16) }
+    public var rto: UInt32 { UInt32(rto16) }
+    @inline(__always) func bit(_ b: UInt8) -> Bool { bits & b != 0 }
+    @inline(__always) mutating func set(_ b: UInt8, _ on: Bool) { bits = on ? bits | b : bits & ~b }
+    public internal(set) var timestamps: Bool { get { bit(1) } set { set(1, newValue) } }
+    /// Our FIN has been sent and occupies SND.NXT - 1.
+    var finSent: Bool { get { bit(2) } set { set(2, newValue) } }
+    /// The FIN must follow the data being resent after a timeout.
+    public internal(set) var pendingFIN: Bool { get { bit(4) } set { set(4, newValue) } }
+    public internal(set) var inRecovery: Bool { get { bit(8) } set { set(8, newValue) } }
+    /// Persist mode: the peer's window is zero with data waiting; probes keep asking.
+    public internal(set) var persisting: Bool { get { bit(16) } set { set(16, newValue) } }
+    var connectDeadline: UInt32 {
+        get { state == .synSent ? lastActive : 0 }
+        set { lastActive = newValue }
+    }
 
     /// Our advertised MSS and window scale on SYNs.
     public static let ourMSS: UInt16 = 1460
@@ -115,6 +160,9 @@ public struct TCB: Sendable, Equatable {
     /// Retransmissions before giving up: fewer while connecting.
     public static let maxRetries: UInt8 = 8
     public static let maxSynRetries: UInt8 = 5
+    public static let keepaliveProbes: UInt8 = 9
+    /// Duplicate ACKs that start fast retransmit (RFC 5681).
+    public static let dupAckThreshold: UInt8 = 3
 
     public init() {}
 
@@ -127,25 +175,71 @@ public struct TCB: Sendable, Equatable {
         t.iss = iss
         t.sndUna = iss
         t.sndNxt = iss + 1
+        t.sndMax = t.sndNxt
         t.irs = syn.sequence
         t.rcvNxt = syn.sequence + 1
         t.negotiate(syn.options)
         t.sndWnd = UInt32(syn.window)  // never scaled on a SYN
         t.maxSndWnd = t.sndWnd
+        t.lastHeard = now
+        t.lastActive = now
+        t.recover = iss
         out.append(.send(t.synSegment(ack: true, now: now)))
         out.append(.armRetransmit(milliseconds: Int(t.rto)))
         return t
     }
 
-    /// Active open: send SYN from `iss`.
-    public mutating func connect(iss: SequenceNumber, now: UInt32, out: inout [TCPAction]) {
+    /// Active open: send SYN from `iss`; give up after `timeoutMilliseconds` if given (else
+    /// after the SYN retries).
+    public mutating func connect(iss: SequenceNumber, now: UInt32, timeoutMilliseconds: Int? = nil, out: inout [TCPAction]) {
         precondition(state == .closed, "Heretic: connect on a TCB in state \(state)")
         state = .synSent
         self.iss = iss
         sndUna = iss
         sndNxt = iss + 1
+        sndMax = sndNxt
+        lastHeard = now
+        recover = iss
+        connectDeadline = 0
+        if let t = timeoutMilliseconds { connectDeadline = max(1, now &+ UInt32(clamping: max(1, t))) }
         out.append(.send(synSegment(ack: false, now: now)))
-        out.append(.armRetransmit(milliseconds: Int(rto)))
+        out.append(.armRetransmit(milliseconds: synTimer(now: now)))
+    }
+
+    /// The SYN's retransmission timer, cut short by the connect deadline.
+    func synTimer(now: UInt32) -> Int {
+        guard connectDeadline != 0 else { return Int(rto) }
+        return max(0, min(Int(rto), Int(Int32(bitPattern: connectDeadline &- now))))
+    }
+
+    /// A connection whose handshake completed statelessly (a SYN cookie came back in the ACK
+    /// that `ack` is): ESTABLISHED at once, with the MSS the cookie carried and no other
+    /// options (they were not kept).
+    public static func fromCookie(_ ack: TCPSegmentInfo, mss: UInt16, now: UInt32) -> TCB {
+        var t = TCB()
+        t.state = .established
+        t.irs = ack.sequence - 1
+        t.rcvNxt = ack.sequence
+        t.iss = ack.acknowledgment - 1
+        t.sndUna = ack.acknowledgment
+        t.sndNxt = ack.acknowledgment
+        t.sndMax = ack.acknowledgment
+        t.sendMSS = mss
+        t.cwnd = initialWindow(mss: mss)
+        t.sndWnd = UInt32(ack.window)
+        t.maxSndWnd = t.sndWnd
+        t.sndWl1 = ack.sequence
+        t.sndWl2 = ack.acknowledgment
+        t.lastHeard = now
+        t.lastActive = now
+        t.recover = t.sndUna
+        return t
+    }
+
+    /// RFC 6928's initial window: min(10 MSS, max(2 MSS, 14600)).
+    static func initialWindow(mss: UInt16) -> UInt32 {
+        let m = UInt32(mss)
+        return min(10 * m, max(2 * m, 14_600))
     }
 
     func synSegment(ack: Bool, now: UInt32) -> TCPSegmentInfo {
@@ -161,6 +255,7 @@ public struct TCB: Sendable, Equatable {
 
     mutating func negotiate(_ options: TCPOptions) {
         if let m = options.maximumSegmentSize { sendMSS = max(64, m) }
+        cwnd = Self.initialWindow(mss: sendMSS)
         if let ws = options.windowScale {
             sndScale = ws
             rcvScale = Self.ourWindowScale
@@ -191,18 +286,20 @@ public struct TCB: Sendable, Equatable {
     }
 
     /// Abort: send RST (where the peer knows us) and forget the connection.
-    public mutating func abort(out: inout [TCPAction]) {
+    public mutating func abort(out: inout [TCPAction], reason: TCPCloseReason = .reset) {
         if state.isSynchronized && state != .timeWait {
-            out.append(.send(TCPSegmentInfo(sequence: sndNxt, acknowledgment: rcvNxt, flags: [.rst, .ack], window: 0)))
+            out.append(.send(TCPSegmentInfo(sequence: sndMax, acknowledgment: rcvNxt, flags: [.rst, .ack], window: 0)))
         }
         state = .closed
-        out.append(.closed(.reset))
+        out.append(.closed(reason))
     }
 
     mutating func sendFIN(now: UInt32, out: inout [TCPAction]) {
         if sndNxt == sndUna { out.append(.armRetransmit(milliseconds: Int(rto))) }
+        persisting = false
         out.append(.send(segment(sequence: sndNxt, flags: [.fin, .ack], now: now)))
         sndNxt = sndNxt + 1
+        if sndNxt > sndMax { sndMax = sndNxt }
         finSent = true
     }
 
@@ -210,10 +307,22 @@ public struct TCB: Sendable, Equatable {
     public mutating func send(length: Int, now: UInt32, out: inout [TCPAction]) {
         precondition(canSendData, "Heretic: send in state \(state)")
         if sndNxt == sndUna { out.append(.armRetransmit(milliseconds: Int(rto))) }
+        persisting = false
         var s = segment(sequence: sndNxt, flags: [.psh, .ack], now: now)
         s.payloadLength = length
         out.append(.sendData(s))
         sndNxt = sndNxt + length
+        if sndNxt > sndMax { sndMax = sndNxt }
+        lastActive = now
+    }
+
+    /// The owner has data to send and the peer's window is zero with nothing in flight:
+    /// start probing it (RFC 9293 3.8.6.1). Idempotent while persisting.
+    public mutating func windowClosed(out: inout [TCPAction]) {
+        guard !persisting, sndWnd == 0, sndUna == sndNxt, canSendData else { return }
+        persisting = true
+        probes = 0
+        out.append(.armRetransmit(milliseconds: Int(rto)))
     }
 
     /// Whether data may go out: while open, or (after a timeout sent us back) for the data
@@ -233,8 +342,9 @@ public struct TCB: Sendable, Equatable {
     /// Bytes sent and not yet acknowledged (data only: SYN and FIN excluded).
     public var bytesInFlight: Int { (sndNxt - sndUna) - (finSent && sndNxt != sndUna ? 1 : 0) }
 
-    /// Bytes the peer's window lets us send now, beyond what is in flight.
-    public var sendWindowAvailable: Int { max(0, Int(sndWnd) - (sndNxt - sndUna)) }
+    /// Bytes the peer's window and the congestion window let us send now, beyond what is in
+    /// flight.
+    public var sendWindowAvailable: Int { max(0, Int(min(sndWnd, cwnd)) - (sndNxt - sndUna)) }
 
     /// Whether our FIN is still owed or unacknowledged.
     public var finPending: Bool { finSent && sndUna != sndNxt }
@@ -245,7 +355,8 @@ public struct TCB: Sendable, Equatable {
     mutating func measured(rtt sample: UInt32) {
         // An echo from the future, or from before a clock jump, says nothing: ignore it.
         guard sample <= 2 * Self.maxRTO else { return }
-        let r = max(sample, 1)
+        let r = min(max(sample, 1), 65_535)
+        var srtt = self.srtt, rttvar = self.rttvar
         if srtt == 0 {
             srtt = r
             rttvar = r / 2
@@ -254,7 +365,9 @@ public struct TCB: Sendable, Equatable {
             rttvar = (3 * rttvar + delta) / 4
             srtt = (7 * srtt + r) / 8
         }
-        rto = min(Self.maxRTO, max(Self.minRTO, srtt + max(1, 4 * rttvar)))
+        srtt16 = UInt16(srtt)
+        rttvar16 = UInt16(min(rttvar, 65_535))
+        rto16 = UInt16(min(Self.maxRTO, max(Self.minRTO, srtt + max(1, 4 * rttvar))))
     }
 
     /// The retransmission timer fired: go back to SND.UNA, back off, or give up. The owner
@@ -267,11 +380,27 @@ public struct TCB: Sendable, Equatable {
             out.append(.closed(.timedOut))
             return
         }
+        if state == .synSent, connectDeadline != 0, Int32(bitPattern: now &- connectDeadline) >= 0 {
+            state = .closed
+            out.append(.closed(.timedOut))
+            return
+        }
         retries += 1
-        rto = min(Self.maxRTO, rto * 2)
+        rto16 = UInt16(min(Self.maxRTO, rto * 2))
+        if state != .synSent && state != .synReceived {
+            // RFC 5681 5: the loss window, and RFC 6582's recover so that duplicate ACKs of
+            // what went before do not start fast retransmit.
+            ssthresh = max(UInt32(bytesInFlight) / 2, 2 * UInt32(sendMSS))
+            cwnd = UInt32(sendMSS)
+            inRecovery = false
+            dupAcks = 0
+            recover = sndNxt
+        }
         switch state {
         case .synSent:
             out.append(.send(synSegment(ack: false, now: now)))
+            out.append(.armRetransmit(milliseconds: synTimer(now: now)))
+            return
         case .synReceived:
             out.append(.send(synSegment(ack: true, now: now)))
         default:
@@ -280,7 +409,7 @@ public struct TCB: Sendable, Equatable {
             if dataInFlight > 0 {
                 var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
                 d.payloadLength = min(dataInFlight, Int(sendMSS))
-                out.append(.sendData(d))
+                out.append(.resendData(d))
                 sndNxt = sndUna + d.payloadLength
                 if finSent { finSent = false; pendingFIN = true }
             } else if finSent {
@@ -288,6 +417,85 @@ public struct TCB: Sendable, Equatable {
             }
         }
         out.append(.armRetransmit(milliseconds: Int(rto)))
+    }
+
+    /// The connection's one timer fired: TIME-WAIT ends, data is retransmitted, the zero
+    /// window is probed, or (idle) keepalive and the idle timeout are checked. `unsent` is
+    /// how many queued bytes the owner has not sent yet.
+    public mutating func timerFired(now: UInt32, unsent: Int, out: inout [TCPAction]) {
+        switch state {
+        case .timeWait: timeWaitExpired(out: &out)
+        case .closed, .listen: return
+        default:
+            if sndUna != sndNxt {
+                retransmitTimeout(now: now, out: &out)
+            } else if persisting {
+                guard unsent > 0, sndWnd == 0, canSendData else { persisting = false; idleTimer(now: now, out: &out); return }
+                if probes >= Self.maxRetries {
+                    // Probes went unanswered (an answer resets the count): the peer is gone.
+                    abort(out: &out, reason: .timedOut)
+                    return
+                }
+                probes += 1
+                out.append(.send(probeSegment(now: now)))
+                out.append(.armRetransmit(milliseconds: Int(min(Self.maxRTO, rto << UInt32(min(probes, 8))))))
+            } else {
+                idleCheck(now: now, out: &out)
+            }
+        }
+    }
+
+    /// A segment that the peer must answer with an ACK carrying its window, and that changes
+    /// nothing there: zero length, one below SND.UNA (out of the peer's window).
+    func probeSegment(now: UInt32) -> TCPSegmentInfo {
+        segment(sequence: sndUna - 1, flags: .ack, now: now)
+    }
+
+    /// Nothing is in flight: arm the idle timer (keepalive or idle timeout) if one is set,
+    /// else stop the timer.
+    mutating func idleTimer(now: UInt32, out: inout [TCPAction]) {
+        guard let due = idleDeadline() else { out.append(.cancelRetransmit); return }
+        out.append(.armRetransmit(milliseconds: max(0, Int(Int32(bitPattern: due &- now)))))
+    }
+
+    /// When the next idle check is due (nil: no keepalive and no idle timeout).
+    func idleDeadline() -> UInt32? {
+        guard state == .established || state == .closeWait || state == .finWait2 else { return nil }
+        var due: UInt32?
+        if idleTimeoutSeconds > 0 { due = lastActive &+ UInt32(idleTimeoutSeconds) * 1000 }
+        if keepaliveSeconds > 0 {
+            let interval = UInt32(min(keepaliveSeconds, 75)) * 1000
+            let k = lastHeard &+ UInt32(keepaliveSeconds) * 1000 &+ UInt32(probes) * interval
+            if let d = due { due = Int32(bitPattern: k &- d) < 0 ? k : d } else { due = k }
+        }
+        return due
+    }
+
+    mutating func idleCheck(now: UInt32, out: inout [TCPAction]) {
+        guard idleDeadline() != nil else { out.append(.cancelRetransmit); return }
+        if idleTimeoutSeconds > 0, Int32(bitPattern: now &- (lastActive &+ UInt32(idleTimeoutSeconds) * 1000)) >= 0 {
+            abort(out: &out, reason: .idle)
+            return
+        }
+        if keepaliveSeconds > 0 {
+            let interval = UInt32(min(keepaliveSeconds, 75)) * 1000
+            let k = lastHeard &+ UInt32(keepaliveSeconds) * 1000 &+ UInt32(probes) * interval
+            if Int32(bitPattern: now &- k) >= 0 {
+                if probes >= Self.keepaliveProbes {
+                    abort(out: &out, reason: .timedOut)
+                    return
+                }
+                probes += 1
+                out.append(.send(probeSegment(now: now)))
+            }
+        }
+        idleTimer(now: now, out: &out)
+    }
+
+    /// The application set keepalive or the idle timeout: (re)arm the timer if idle.
+    public mutating func idleSettingsChanged(now: UInt32, out: inout [TCPAction]) {
+        guard sndUna == sndNxt, !persisting, state != .timeWait, state != .closed else { return }
+        idleTimer(now: now, out: &out)
     }
 
     func segment(sequence: SequenceNumber, flags: TCPFlags, now: UInt32) -> TCPSegmentInfo {
@@ -303,7 +511,7 @@ public struct TCB: Sendable, Equatable {
 
     /// A pure ACK carrying the current sequence and acknowledgment numbers.
     public func ackSegment(now: UInt32) -> TCPSegmentInfo {
-        segment(sequence: sndNxt, flags: .ack, now: now)
+        segment(sequence: sndMax, flags: .ack, now: now)
     }
 
     // MARK: Segment arrives (RFC 9293 section 3.10.7)
@@ -347,12 +555,15 @@ public struct TCB: Sendable, Equatable {
             sndUna = seg.acknowledgment
             retries = 0
             if let ts = seg.options.timestamp, timestamps, ts.echo != 0 { measured(rtt: now &- ts.echo) }
-            out.append(.cancelRetransmit)
+            recover = sndUna
             sndWnd = UInt32(seg.window)  // a SYN's window is never scaled
             maxSndWnd = sndWnd
             sndWl1 = seg.sequence
             sndWl2 = seg.acknowledgment
             state = .established
+            lastHeard = now
+            lastActive = now  // (it held the connect deadline until now)
+            idleTimer(now: now, out: &out)
             out.append(.connected)
             ack(now: now, out: &out)
         } else {
@@ -414,6 +625,8 @@ public struct TCB: Sendable, Equatable {
         }
         // Fifth: ACK.
         guard seg.flags.contains(.ack) else { return }
+        lastHeard = now
+        probes = 0
         if let ts = seg.options.timestamp, timestamps, seg.sequence <= rcvNxt { tsRecent = ts.value }
         if state == .synReceived {
             guard sndUna < seg.acknowledgment && seg.acknowledgment <= sndNxt else {
@@ -425,23 +638,37 @@ public struct TCB: Sendable, Equatable {
             maxSndWnd = max(maxSndWnd, sndWnd)
             sndWl1 = seg.sequence
             sndWl2 = seg.acknowledgment
+            lastActive = now
             out.append(.connected)
         }
 
         // RFC 5961 section 5: an ACK for data never sent, or older than the largest window
         // ever offered, is answered with an ACK and ignored.
-        if seg.acknowledgment > sndNxt || seg.acknowledgment < sndUna - Int(maxSndWnd) {
+        if seg.acknowledgment > sndMax || seg.acknowledgment < sndUna - Int(maxSndWnd) {
             ack(now: now, out: &out)
             return
         }
+        if seg.acknowledgment > sndNxt {
+            // After a timeout rewound SND.NXT, the peer acknowledges what it had before.
+            sndNxt = seg.acknowledgment
+            if pendingFIN && sndNxt == sndMax {
+                pendingFIN = false
+                finSent = true
+            }
+        }
+        let window = UInt32(seg.window) << UInt32(sndScale)
         if seg.acknowledgment > sndUna {
+            let acked = UInt32(seg.acknowledgment - sndUna)
             sndUna = seg.acknowledgment
             retries = 0
             if let ts = seg.options.timestamp, timestamps, ts.echo != 0 { measured(rtt: now &- ts.echo) }
-            out.append(sndUna == sndNxt ? .cancelRetransmit : .armRetransmit(milliseconds: Int(rto)))
+            newDataAcknowledged(acked, now: now, out: &out)
+            if sndUna == sndNxt { idleTimer(now: now, out: &out) } else { out.append(.armRetransmit(milliseconds: Int(rto))) }
+        } else if seg.acknowledgment == sndUna, sndUna != sndNxt, seg.length == 0, window == sndWnd {
+            duplicateAck(now: now, out: &out)
         }
         if sndWl1 < seg.sequence || (sndWl1 == seg.sequence && sndWl2 <= seg.acknowledgment) {
-            sndWnd = UInt32(seg.window) << UInt32(sndScale)
+            sndWnd = window
             maxSndWnd = max(maxSndWnd, sndWnd)
             sndWl1 = seg.sequence
             sndWl2 = seg.acknowledgment
@@ -475,6 +702,7 @@ public struct TCB: Sendable, Equatable {
                     let take = min(fresh, Int(rcvWnd))
                     out.append(.deliver(offset: skip, length: take))
                     rcvNxt = rcvNxt + take
+                    lastActive = now
                     advanced = true
                 }
             }
@@ -501,7 +729,62 @@ public struct TCB: Sendable, Equatable {
             ack(now: now, out: &out)
             return
         }
-        if advanced { ack(now: now, out: &out) }
+        if advanced { out.append(.acknowledgeDelayed) }
+    }
+
+    // MARK: Congestion control (RFC 5681, RFC 6582)
+
+    /// SND.UNA advanced by `acked` bytes: grow the window, or go on with fast recovery.
+    mutating func newDataAcknowledged(_ acked: UInt32, now: UInt32, out: inout [TCPAction]) {
+        let mss = UInt32(sendMSS)
+        dupAcks = 0
+        if inRecovery {
+            if sndUna >= recover {
+                // Full acknowledgement: deflate to ssthresh (RFC 6582 3.2 step 3, option 1,
+                // bounded by what is still in flight plus one segment).
+                cwnd = min(ssthresh, max(UInt32(bytesInFlight), mss) + mss)
+                inRecovery = false
+            } else {
+                // Partial acknowledgement: the next hole is lost too; send it again now and
+                // deflate by what was acknowledged (step 4).
+                retransmitFirst(now: now, out: &out)
+                cwnd = cwnd > acked ? cwnd - acked : 0
+                if acked >= mss { cwnd += mss }
+                cwnd = max(cwnd, mss)
+            }
+            return
+        }
+        if cwnd < ssthresh {
+            cwnd += min(acked, mss)  // slow start (RFC 3465, L = 1 SMSS)
+        } else {
+            cwnd += max(1, mss * mss / max(cwnd, 1))  // congestion avoidance
+        }
+        cwnd = min(cwnd, 0x3fff_ffff)
+    }
+
+    mutating func duplicateAck(now: UInt32, out: inout [TCPAction]) {
+        let mss = UInt32(sendMSS)
+        if inRecovery {
+            cwnd += mss  // each further duplicate: a segment left the network
+            return
+        }
+        dupAcks &+= 1
+        // RFC 6582 3.2 step 2: only when this loss is newer than the last recovery.
+        guard dupAcks == Self.dupAckThreshold, sndUna >= recover else { return }
+        ssthresh = max(UInt32(bytesInFlight) / 2, 2 * mss)
+        recover = sndNxt
+        inRecovery = true
+        retransmitFirst(now: now, out: &out)
+        cwnd = ssthresh + 3 * mss
+    }
+
+    /// Sends the oldest unacknowledged segment again (fast retransmit).
+    mutating func retransmitFirst(now: UInt32, out: inout [TCPAction]) {
+        let dataInFlight = bytesInFlight
+        guard dataInFlight > 0 else { return }
+        var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
+        d.payloadLength = min(dataInFlight, Int(sendMSS))
+        out.append(.resendData(d))
     }
 
     /// TIME-WAIT ended: the connection is forgotten.

@@ -60,6 +60,22 @@ public struct TCPConnection {
     /// Turns Nagle's algorithm off (true) or on (false, the default): with it off, small
     /// segments go out at once even while earlier data is unacknowledged.
     public func setNoDelay(_ noDelay: Bool) { layer.setNoDelay(ref, noDelay) }
+
+    /// Keepalive (RFC 1122 4.2.3.6): after `seconds` of silence from the peer, probe it every
+    /// `seconds` (at most 75); nine unanswered probes close the connection as timed out.
+    /// 0 turns it off (the default).
+    public func setKeepalive(seconds: Int) {
+        layer.setIdleSettings(ref) { $0.keepaliveSeconds = UInt16(clamping: max(0, seconds)) }
+    }
+
+    /// Aborts the connection (RST, closed as `.idle`) after `seconds` without data either
+    /// way. 0 turns it off (the default).
+    public func setIdleTimeout(seconds: Int) {
+        layer.setIdleSettings(ref) { $0.idleTimeoutSeconds = UInt16(clamping: max(0, seconds)) }
+    }
+
+    /// The connection's control block, for inspection (window, RTT, congestion state).
+    public var controlBlock: TCB { layer.controlBlock(ref) }
 }
 
 /// Per-connection data waiting for acknowledgement: created with the first byte sent and
@@ -71,6 +87,8 @@ public struct TCPConnection {
     @usableFromInline var closeRequested = false
     /// Nagle off: send small segments at once even with data unacknowledged.
     @usableFromInline var noDelay = false
+    /// Received data waits for a delayed ACK (in the layer's delayed-ACK queue).
+    @usableFromInline var ackOwed = false
     @inlinable init() {}
 
     @usableFromInline var pending: Int { bytes.count - acked }
@@ -82,6 +100,7 @@ public struct TCPConnection {
         acked = 0
         closeRequested = false
         noDelay = false
+        ackOwed = false
     }
 }
 
@@ -102,6 +121,7 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
     @usableFromInline @exclusivity(unchecked) var state: (UInt32) -> TCPState = { _ in .closed }
     @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
+    @usableFromInline @exclusivity(unchecked) var acceptCookie: (TCPSegmentInfo, TCPEndpoint, UInt16, UInt16) -> UInt32? = { _, _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
     /// For a SYN that may reuse a TIME-WAIT 4-tuple: whether the slot is in TIME-WAIT with an
     /// older receive sequence than `sequence`, and if so, forgets it.
@@ -153,6 +173,7 @@ public struct TCPConnection {
         endpoints = { [unowned(unsafe) self] in (self.slots[Int($0)].remote, self.slots[Int($0)].localPort) }
         state = { [unowned(unsafe) self] in self.slots[Int($0)].tcb.state }
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
+        acceptCookie = { [unowned(unsafe) self] in self.acceptCookie($0, from: $1, localPort: $2, mss: $3) }
         live = { [unowned(unsafe) self] in self.count }
         yieldTimeWait = { [unowned(unsafe) self] slot, sequence in
             guard self.inTimeWait(slot) else { return false }
@@ -193,11 +214,22 @@ public struct TCPConnection {
         return slot
     }
 
+    /// A SYN cookie came back in `ack`: the connection exists from now on, established.
+    @inlinable func acceptCookie(_ ack: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16, mss: UInt16) -> UInt32? {
+        guard let make = makeHandler else { return nil }
+        let tcb = TCB.fromCookie(ack, mss: mss, now: layer.clock)
+        let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort, timer: nil, inUse: true))
+        layer.register(ref(slot), remote: remote, localPort: localPort)
+        apply(slot, [.connected], payload: nil)
+        return slot
+    }
+
     /// Starts an active open with `handler`.
-    @inlinable func connect(to remote: TCPEndpoint, localPort: UInt16, handler: H) -> UInt32 {
+    @inlinable func connect(to remote: TCPEndpoint, localPort: UInt16, timeoutMilliseconds: Int?, handler: H) -> UInt32 {
         var tcb = TCB()
         var out: [TCPAction] = []
-        tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort), now: layer.clock, out: &out)
+        tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort), now: layer.clock,
+                    timeoutMilliseconds: timeoutMilliseconds, out: &out)
         let slot = allocate(Slot(tcb: tcb, handler: handler, remote: remote, localPort: localPort, timer: nil, inUse: true))
         layer.register(ref(slot), remote: remote, localPort: localPort)
         apply(slot, out, payload: nil)
@@ -227,12 +259,10 @@ public struct TCPConnection {
     @inlinable func fire(_ slot: UInt32) {
         guard slots[Int(slot)].inUse else { return }
         slots[Int(slot)].timer = nil
-        var out: [TCPAction] = []
-        if slots[Int(slot)].tcb.state == .timeWait {
-            slots[Int(slot)].tcb.timeWaitExpired(out: &out)
-        } else {
-            slots[Int(slot)].tcb.retransmitTimeout(now: layer.clock, out: &out)
-        }
+        var out = layer.takeActions()
+        defer { layer.giveBack(&out) }
+        let unsent = queues[Int(slot)].pending - slots[Int(slot)].tcb.bytesInFlight
+        slots[Int(slot)].tcb.timerFired(now: layer.clock, unsent: max(0, unsent), out: &out)
         apply(slot, out, payload: nil)
         if slots[Int(slot)].inUse { layer.pump(ref(slot)) }
     }
@@ -241,11 +271,16 @@ public struct TCPConnection {
     @inlinable func apply(_ slot: UInt32, _ actions: [TCPAction], payload: UnsafeRawPointer?) {
         let r = ref(slot)
         let sentBefore = layer.segmentsSent
-        var ackWanted = false
+        var ackWanted = false, ackDelayed = false
         defer {
-            // One fresh ACK after everything else, unless a segment already carried it.
-            if ackWanted, slots[Int(slot)].inUse, layer.segmentsSent == sentBefore {
-                layer.emit(slots[Int(slot)].tcb.ackSegment(now: layer.clock), ref: r, payload: nil)
+            // One fresh ACK after everything else, unless a segment already carried it. A
+            // delayed one waits (for a reply to carry it) unless one is already owed.
+            if ackWanted || ackDelayed, slots[Int(slot)].inUse, layer.segmentsSent == sentBefore {
+                if ackWanted || queues[Int(slot)].ackOwed {
+                    layer.emit(slots[Int(slot)].tcb.ackSegment(now: layer.clock), ref: r, payload: nil)
+                } else {
+                    layer.delayAck(r)
+                }
             }
         }
         for action in actions {
@@ -253,9 +288,17 @@ public struct TCPConnection {
             switch action {
             case .acknowledge:
                 ackWanted = true
+            case .acknowledgeDelayed:
+                ackDelayed = true
             case .send(let seg):
+                if seg.flags == .ack && seg.payloadLength == 0 && seg.sequence == slots[Int(slot)].tcb.sndUna - 1 {
+                    layer.probeCount += 1  // a persist or keepalive probe
+                }
                 layer.emit(seg, ref: r, payload: nil)
             case .sendData(let seg):
+                layer.emitData(seg, ref: r, sndUna: slots[Int(slot)].tcb.sndUna)
+            case .resendData(let seg):
+                layer.retransmitCount += 1
                 layer.emitData(seg, ref: r, sndUna: slots[Int(slot)].tcb.sndUna)
             case .deliver(let offset, let length):
                 guard let p = payload else { continue }
@@ -357,8 +400,29 @@ public final class TCPLayer {
     public private(set) var timeWaitCount = 0
     public var timeWaitLimit = 16_384
     public private(set) var timeWaitOverflows = 0
-    /// SYNs dropped because their listener's backlog of half-open connections was full.
+    /// SYNs dropped because their listener's backlog of half-open connections was full (and
+    /// SYN cookies were off).
     public private(set) var synBacklogDrops = 0
+    /// SYN cookies (RFC 4987): with a listener's backlog full, answer SYNs statelessly with
+    /// the connection's parameters encoded in our ISN; the returning ACK creates it.
+    public var synCookies = true
+    public private(set) var synCookiesSent = 0
+    public private(set) var synCookiesValidated = 0
+    /// ACKs that looked like cookie answers and were not (answered with RST).
+    public private(set) var synCookiesRejected = 0
+    /// Delayed ACK (RFC 9293 3.8.6.3): how long an ACK for in-order data may wait for a
+    /// reply to carry it.
+    public var delayedAckMilliseconds: UInt32 = 40
+    /// Connections owing a delayed ACK, oldest first, with when it is due.
+    @usableFromInline @exclusivity(unchecked) var delayedAcks: [(ref: UInt64, due: UInt32)] = []
+    @usableFromInline @exclusivity(unchecked) var delayedHead = 0
+    public private(set) var delayedAcksSent = 0
+    /// Segments sent again (timeouts, fast retransmits and partial ACKs).
+    public var retransmissions: Int { retransmitCount }
+    /// Persist (zero-window) and keepalive probes sent.
+    public var windowProbes: Int { probeCount }
+    @usableFromInline @exclusivity(unchecked) var retransmitCount = 0
+    @usableFromInline @exclusivity(unchecked) var probeCount = 0
     /// TIME-WAIT connections given up to let a new outgoing connection use their port.
     public private(set) var timeWaitRecycled = 0
     /// Handler callbacks running now; connections opened inside one wait until it returns.
@@ -494,8 +558,9 @@ public final class TCPLayer {
         listeners[port] = a
     }
 
-    /// Opens a connection to `remote` with `handler`; returns the local port used.
-    @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, handler: H) -> UInt16 {
+    /// Opens a connection to `remote` with `handler`; returns the local port used. With a
+    /// timeout, an attempt still unanswered then closes as `.timedOut`.
+    @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, handler: H) -> UInt16 {
         guard let port = ephemeralPort(for: remote) else {
             // Every local port to this peer is a live connection: refused, told on the next
             // tick (an application that retries at once cannot spin the loop).
@@ -507,14 +572,16 @@ public final class TCPLayer {
         }
         if callbackDepth > 0 {
             // Inside a handler callback: open it once the callback has returned.
-            deferred.append { [unowned(unsafe) self] in self.open(to: remote, localPort: port, handler: handler) }
+            deferred.append { [unowned(unsafe) self] in
+                self.open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
+            }
             return port
         }
-        open(to: remote, localPort: port, handler: handler)
+        open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
         return port
     }
 
-    @inlinable func open<H: TCPHandler>(to remote: TCPEndpoint, localPort port: UInt16, handler: H) {
+    @inlinable func open<H: TCPHandler>(to remote: TCPEndpoint, localPort port: UInt16, timeoutMilliseconds: Int?, handler: H) {
         let a: TCPArena<H>
         if let existing = connectArenas[ObjectIdentifier(H.self)] {
             a = unsafeDowncast(existing, to: TCPArena<H>.self)
@@ -523,7 +590,7 @@ public final class TCPLayer {
             arenas.append(a)
             connectArenas[ObjectIdentifier(H.self)] = a
         }
-        _ = a.connect(to: remote, localPort: port, handler: handler)
+        _ = a.connect(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
     }
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
@@ -563,6 +630,52 @@ public final class TCPLayer {
         if noDelay { pump(ref) }
     }
 
+    @usableFromInline func setIdleSettings(_ ref: UInt64, _ change: (inout TCB) -> Void) {
+        var out: [TCPAction] = []
+        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        a.run(slot) { tcb in
+            change(&tcb)
+            tcb.idleSettingsChanged(now: clock, out: &out)
+        }
+        a.applyErased(slot, out)
+    }
+
+    @usableFromInline func controlBlock(_ ref: UInt64) -> TCB {
+        var t = TCB()
+        arena(ref).run(UInt32(truncatingIfNeeded: ref)) { t = $0 }
+        return t
+    }
+
+    /// Marks the connection as owing an ACK, sent when due unless a segment carries it first.
+    @usableFromInline func delayAck(_ ref: UInt64) {
+        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].ackOwed = true
+        delayedAcks.append((ref, clock &+ delayedAckMilliseconds))
+    }
+
+    /// Sends the delayed ACKs that are due (their connections sent nothing to carry them).
+    func flushDelayedAcks() {
+        while delayedHead < delayedAcks.count {
+            let (ref, due) = delayedAcks[delayedHead]
+            guard Int32(bitPattern: clock &- due) >= 0 else { break }
+            delayedHead += 1
+            let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+            guard a.queues[Int(slot)].ackOwed else { continue }  // carried, or the connection is gone
+            var ack: TCPSegmentInfo?
+            a.run(slot) { ack = $0.ackSegment(now: clock) }
+            if let ack {
+                delayedAcksSent += 1
+                emit(ack, ref: ref, payload: nil)
+            }
+        }
+        if delayedHead == delayedAcks.count {
+            delayedAcks.removeAll(keepingCapacity: delayedAcks.capacity <= 65_536)
+            delayedHead = 0
+        } else if delayedHead > 4096 && delayedHead * 2 > delayedAcks.count {
+            delayedAcks.removeFirst(delayedHead)
+            delayedHead = 0
+        }
+    }
+
     @usableFromInline func queued(_ ref: UInt64) -> Int {
         arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].pending
     }
@@ -587,6 +700,7 @@ public final class TCPLayer {
                 if length < Int(tcb.sendMSS) && tcb.bytesInFlight > 0 && !q.noDelay { break }
                 tcb.send(length: length, now: clock, out: &out)
             }
+            if q.pending > tcb.bytesInFlight && tcb.sndWnd == 0 { tcb.windowClosed(out: &out) }
             guard q.pending == tcb.bytesInFlight else { return }  // data still to (re)send
             if tcb.pendingFIN {
                 tcb.resendFIN(now: clock, out: &out)
@@ -644,16 +758,30 @@ public final class TCPLayer {
                 return
             }
         }
-        if seg.flags.contains(.syn) && !seg.flags.contains(.ack) && !seg.flags.contains(.rst),
-           let listener = listeners[tcp.destinationPort] {
-            guard listener.halfOpen < listener.backlog else {
-                // The backlog is full (a SYN flood, or a slow peer population): drop, count,
-                // send nothing. Legitimate peers retry their SYN.
-                synBacklogDrops += 1
+        if let listener = listeners[tcp.destinationPort], !seg.flags.contains(.rst) {
+            if seg.flags.contains(.syn) && !seg.flags.contains(.ack) {
+                guard listener.halfOpen < listener.backlog else {
+                    // The backlog is full (a SYN flood, or a slow peer population): answer
+                    // statelessly with a cookie, or drop and count. Legitimate peers retry.
+                    if synCookies {
+                        sendCookie(for: seg, from: remote, localPort: tcp.destinationPort)
+                    } else {
+                        synBacklogDrops += 1
+                    }
+                    return
+                }
+                _ = listener.accept(seg, remote, tcp.destinationPort)
                 return
             }
-            _ = listener.accept(seg, remote, tcp.destinationPort)
-            return
+            if seg.flags.contains(.ack) && !seg.flags.contains(.syn) && synCookies {
+                if let mss = validCookie(seg, from: remote, localPort: tcp.destinationPort),
+                   let slot = listener.acceptCookie(seg, remote, tcp.destinationPort, mss) {
+                    synCookiesValidated += 1
+                    if seg.length > 0 { listener.arrived(slot, seg, UnsafeRawPointer(tcp.payload)) }
+                    return
+                }
+                synCookiesRejected += 1
+            }
         }
         // RFC 9293 3.10.7.1: nothing here. Answer anything but a RST with a RST.
         guard !seg.flags.contains(.rst) else { return }
@@ -665,6 +793,59 @@ public final class TCPLayer {
         }
     }
 
+    // MARK: SYN cookies
+
+    /// MSS values a cookie can carry (3 bits; the largest not above the peer's is chosen).
+    static let cookieMSS: [UInt16] = [536, 1200, 1440, 1460]
+
+    /// The cookie counter: advances every 64 s; a cookie is good for two periods.
+    var cookieCounter: UInt32 { clock >> 16 }
+
+    func cookieHash(_ remote: TCPEndpoint, _ localPort: UInt16, peerISN: SequenceNumber, counter: UInt32) -> UInt32 {
+        var h = Hasher()
+        h.combine(secret)
+        h.combine(remote.address.raw)
+        h.combine(remote.port)
+        h.combine(localPort)
+        h.combine(peerISN.raw)
+        h.combine(counter)
+        return UInt32(truncatingIfNeeded: h.finalize()) & 0x00ff_ffff
+    }
+
+    /// Our ISN for a cookie: 5 bits of counter, 3 of MSS index, 24 of keyed hash over the
+    /// 4-tuple, the peer's ISN and the counter.
+    func cookie(_ remote: TCPEndpoint, _ localPort: UInt16, peerISN: SequenceNumber, mssIndex: Int) -> UInt32 {
+        let t = cookieCounter
+        return (t & 31) << 27 | UInt32(mssIndex) << 24 | cookieHash(remote, localPort, peerISN: peerISN, counter: t)
+    }
+
+    func sendCookie(for syn: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16) {
+        let peerMSS = syn.options.maximumSegmentSize ?? 536
+        let index = Self.cookieMSS.lastIndex { $0 <= peerMSS } ?? 0
+        let isn = cookie(remote, localPort, peerISN: syn.sequence, mssIndex: index)
+        // The SYN-ACK carries only MSS: scaling and timestamps would need state we do not keep.
+        let reply = TCPSegmentInfo(sequence: SequenceNumber(isn), acknowledgment: syn.sequence + 1, flags: [.syn, .ack],
+                                   window: 65_535, options: TCPOptions(maximumSegmentSize: TCB.ourMSS))
+        synCookiesSent += 1
+        build(reply, remote: remote, localPort: localPort, payload: nil)
+    }
+
+    /// The MSS a returning cookie carries, or nil if `ack` does not answer one of ours.
+    func validCookie(_ ack: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16) -> UInt16? {
+        let c = (ack.acknowledgment - 1).raw
+        let peerISN = ack.sequence - 1
+        let index = Int(c >> 24 & 7)
+        guard index < Self.cookieMSS.count else { return nil }
+        let now = cookieCounter
+        for age in UInt32(0)...1 {
+            let t = now &- age
+            if t & 31 == c >> 27, cookieHash(remote, localPort, peerISN: peerISN, counter: t) == c & 0x00ff_ffff {
+                return Self.cookieMSS[index]
+            }
+        }
+        return nil
+    }
+
     func sendReset(to remote: TCPEndpoint, localPort: UInt16, sequence: SequenceNumber, acknowledgment: SequenceNumber?) {
         let seg = TCPSegmentInfo(sequence: sequence, acknowledgment: acknowledgment ?? SequenceNumber(0),
                                  flags: acknowledgment == nil ? .rst : [.rst, .ack], window: 0)
@@ -673,7 +854,10 @@ public final class TCPLayer {
     }
 
     @usableFromInline func emit(_ seg: TCPSegmentInfo, ref: UInt64, payload: UnsafeRawPointer?) {
-        let (remote, localPort) = arena(ref).endpoints(UInt32(truncatingIfNeeded: ref))
+        let a = arena(ref)
+        let slot = Int(UInt32(truncatingIfNeeded: ref))
+        a.queues[slot].ackOwed = false  // this segment carries the ACK
+        let (remote, localPort) = a.endpoints(UInt32(slot))
         build(seg, remote: remote, localPort: localPort, payload: payload)
     }
 
@@ -714,6 +898,7 @@ public final class TCPLayer {
             callbackDepth -= 1
             runDeferred()
         }
+        if delayedHead < delayedAcks.count { flushDelayedAcks() }
         guard timers.count > 0 else { return }
         timers.advance(to: now, into: &expired)
         for ref in expired { arena(ref).timerFired(UInt32(truncatingIfNeeded: ref)) }
