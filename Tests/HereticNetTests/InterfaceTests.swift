@@ -18,7 +18,7 @@ struct CollectHandler: UDPHandler {
 }
 
 /// Two interfaces joined by a memory link (optionally lossy), stepped on one fake clock.
-final class TwoHosts {
+final class TwoHosts: @unchecked Sendable {
     let link = MemoryLink()
     let poolA = PacketPool(capacity: 1024), poolB = PacketPool(capacity: 1024)
     let a: Interface, b: Interface

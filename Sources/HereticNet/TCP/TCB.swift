@@ -169,8 +169,10 @@ public struct TCB: Sendable, Equatable {
     // MARK: Opening
 
     /// Passive open: the listener saw a SYN; answer with SYN-ACK from `iss`.
-    public static func accept(_ syn: TCPSegmentInfo, iss: SequenceNumber, now: UInt32, out: inout [TCPAction]) -> TCB {
+    public static func accept(_ syn: TCPSegmentInfo, iss: SequenceNumber, now: UInt32, receiveWindow: UInt32 = 65_535,
+                              out: inout [TCPAction]) -> TCB {
         var t = TCB()
+        t.rcvWnd = receiveWindow
         t.state = .synReceived
         t.iss = iss
         t.sndUna = iss
@@ -385,7 +387,18 @@ public struct TCB: Sendable, Equatable {
             out.append(.closed(.timedOut))
             return
         }
-        retries += 1
+        if sndWnd == 0 && state != .synSent && state != .synReceived {
+            // The peer shrank its window to zero under data in flight: what we resend are
+            // window probes, and they fail the connection only while unanswered (an answer
+            // resets `probes`), as persist probes do.
+            if probes >= Self.maxRetries {
+                abort(out: &out, reason: .timedOut)
+                return
+            }
+            probes += 1
+        } else {
+            retries += 1
+        }
         rto16 = UInt16(min(Self.maxRTO, rto * 2))
         if state != .synSent && state != .synReceived {
             // RFC 5681 5: the loss window, and RFC 6582's recover so that duplicate ACKs of

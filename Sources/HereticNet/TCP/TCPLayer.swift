@@ -74,6 +74,10 @@ public struct TCPConnection {
         layer.setIdleSettings(ref) { $0.idleTimeoutSeconds = UInt16(clamping: max(0, seconds)) }
     }
 
+    /// Sets the receive window to `bytes` (what the application can still take in). A
+    /// window that opens by at least one MSS, or from closed, is announced at once.
+    public func setReceiveWindow(_ bytes: Int) { layer.setReceiveWindow(ref, bytes) }
+
     /// The connection's control block, for inspection (window, RTT, congestion state).
     public var controlBlock: TCB { layer.controlBlock(ref) }
 }
@@ -114,6 +118,8 @@ public struct TCPConnection {
     /// there may be; SYNs beyond it are dropped and counted.
     @usableFromInline var halfOpen = 0
     @usableFromInline var backlog = Int.max
+    /// The receive window offered on accepted connections' SYN-ACKs.
+    @usableFromInline var receiveWindow: UInt32 = 65_535
     @usableFromInline @exclusivity(unchecked) var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
     @usableFromInline @exclusivity(unchecked) var timerFired: (UInt32) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
@@ -205,7 +211,7 @@ public struct TCPConnection {
         guard let make = makeHandler else { return nil }
         var out: [TCPAction] = []
         let iss = layer.initialSequenceNumber(remote: remote, localPort: localPort)
-        let tcb = TCB.accept(syn, iss: iss, now: layer.clock, out: &out)
+        let tcb = TCB.accept(syn, iss: iss, now: layer.clock, receiveWindow: receiveWindow, out: &out)
         let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort, timer: nil, inUse: true))
         slots[Int(slot)].halfOpen = true
         halfOpen += 1
@@ -225,8 +231,10 @@ public struct TCPConnection {
     }
 
     /// Starts an active open with `handler`.
-    @inlinable func connect(to remote: TCPEndpoint, localPort: UInt16, timeoutMilliseconds: Int?, handler: H) -> UInt32 {
+    @inlinable func connect(to remote: TCPEndpoint, localPort: UInt16, timeoutMilliseconds: Int?, receiveWindow: UInt32,
+                            handler: H) -> UInt32 {
         var tcb = TCB()
+        tcb.rcvWnd = receiveWindow
         var out: [TCPAction] = []
         tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort), now: layer.clock,
                     timeoutMilliseconds: timeoutMilliseconds, out: &out)
@@ -338,6 +346,7 @@ public struct TCPConnection {
                     layer.callbackDepth += 1
                     handler.closed(.normal)
                     layer.callbackDepth -= 1
+                    slots[Int(slot)].handler = handler
                 }
             case .armRetransmit(let ms):
                 if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
@@ -372,6 +381,9 @@ public struct TCPConnection {
         layer.callbackDepth += 1
         handler.closed(reason)
         layer.callbackDepth -= 1
+        // Keep what the handler did (it may have let go of references); the slot cannot have
+        // been reused meanwhile, as connections opened in callbacks wait until they return.
+        if !slots[Int(slot)].inUse { slots[Int(slot)].handler = handler }
     }
 
     /// Whether the connection in `slot` sits in TIME-WAIT (and may give way to a new SYN).
@@ -550,17 +562,21 @@ public final class TCPLayer {
     // MARK: API
 
     /// Accepts connections on `port`; each gets a handler from `makeHandler`.
-    @inlinable func listen<H: TCPHandler>(port: UInt16, backlog: Int, makeHandler: @escaping () -> H) throws(NetError) {
+    @inlinable func listen<H: TCPHandler>(port: UInt16, backlog: Int, receiveWindow: Int = 65_535,
+                                          makeHandler: @escaping () -> H) throws(NetError) {
         guard listeners[port] == nil else { throw .addressInUse(port) }
         let a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: makeHandler)
         a.backlog = max(1, backlog)
+        a.receiveWindow = UInt32(clamping: max(0, receiveWindow))
         arenas.append(a)
         listeners[port] = a
     }
 
     /// Opens a connection to `remote` with `handler`; returns the local port used. With a
     /// timeout, an attempt still unanswered then closes as `.timedOut`.
-    @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, handler: H) -> UInt16 {
+    @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, receiveWindow: Int = 65_535,
+                                           handler: H) -> UInt16 {
+        let window = UInt32(clamping: max(0, receiveWindow))
         guard let port = ephemeralPort(for: remote) else {
             // Every local port to this peer is a live connection: refused, told on the next
             // tick (an application that retries at once cannot spin the loop).
@@ -573,15 +589,16 @@ public final class TCPLayer {
         if callbackDepth > 0 {
             // Inside a handler callback: open it once the callback has returned.
             deferred.append { [unowned(unsafe) self] in
-                self.open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
+                self.open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, receiveWindow: window, handler: handler)
             }
             return port
         }
-        open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
+        open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, receiveWindow: window, handler: handler)
         return port
     }
 
-    @inlinable func open<H: TCPHandler>(to remote: TCPEndpoint, localPort port: UInt16, timeoutMilliseconds: Int?, handler: H) {
+    @inlinable func open<H: TCPHandler>(to remote: TCPEndpoint, localPort port: UInt16, timeoutMilliseconds: Int?,
+                                        receiveWindow: UInt32, handler: H) {
         let a: TCPArena<H>
         if let existing = connectArenas[ObjectIdentifier(H.self)] {
             a = unsafeDowncast(existing, to: TCPArena<H>.self)
@@ -590,7 +607,8 @@ public final class TCPLayer {
             arenas.append(a)
             connectArenas[ObjectIdentifier(H.self)] = a
         }
-        _ = a.connect(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
+        _ = a.connect(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, receiveWindow: receiveWindow,
+                      handler: handler)
     }
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
@@ -638,6 +656,22 @@ public final class TCPLayer {
             tcb.idleSettingsChanged(now: clock, out: &out)
         }
         a.applyErased(slot, out)
+    }
+
+    @usableFromInline func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
+        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        var update: TCPSegmentInfo?
+        a.run(slot) { tcb in
+            let old = tcb.rcvWnd
+            tcb.rcvWnd = UInt32(clamping: max(0, bytes))
+            // Receiver-side silly window avoidance (RFC 1122 4.2.3.3): announce only a window
+            // that opened from (almost) closed or by a full segment.
+            if tcb.rcvWnd > old, old < UInt32(TCB.ourMSS) || tcb.rcvWnd - old >= UInt32(TCB.ourMSS),
+               tcb.state == .established || tcb.state == .finWait1 || tcb.state == .finWait2 {
+                update = tcb.ackSegment(now: clock)
+            }
+        }
+        if let update { emit(update, ref: ref, payload: nil) }
     }
 
     @usableFromInline func controlBlock(_ ref: UInt64) -> TCB {
