@@ -223,6 +223,7 @@ extension Bench {
         @Option(name: .customLong("conns"), help: "Connections to hold.") var connections = 100_000
         @Option(help: "Seconds of echo traffic after establishing.") var seconds = 5.0
         @Option(help: "loopback or balanced.") var layout = StackLayout.loopback
+        @Flag(help: "Then close every connection and report the memory that came back (slow at scale).") var close = false
         @OptionGroup var output: OutputOptions
 
         func validate() throws {
@@ -231,7 +232,7 @@ extension Bench {
         }
 
         func run() throws {
-            try report([try TCPHoldBenchmark(connections: connections, seconds: seconds, layout: layout).run()], output)
+            try report([try TCPHoldBenchmark(connections: connections, seconds: seconds, layout: layout, closeAll: close).run()], output)
         }
     }
 }

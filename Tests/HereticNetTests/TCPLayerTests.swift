@@ -361,6 +361,24 @@ struct TCPLayerTests {
         net2.run(2000)
         #expect(idleLog.closedReason == .idle && net2.b.tcpConnectionCount == 0, "the RST reached the server too")
     }
+
+    @Test("after thousands of connections open and close, the arenas give their slots back")
+    func arenasShrink() throws {
+        let net = TwoHosts(), logs = (0..<3000).map { _ in TCPLog() }
+        try net.b.listenTCP(port: 7) { TCPEcho() }
+        for log in logs { net.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: [1, 2, 3], log: log)) }
+        net.run(20_000)  // (SYNs beyond the ARP queue and the small pools retry after 1 s)
+        #expect(logs.allSatisfy { $0.received == [1, 2, 3] && $0.closedReason == .normal })
+        #expect(net.a.tcp.timeWaitCount == 3000, "the clients wait in TIME-WAIT")
+        net.run(61_000)
+        #expect(net.a.tcpConnectionCount == 0 && net.b.tcpConnectionCount == 0)
+        #expect(net.a.tcp.arenas.allSatisfy { $0.queues.isEmpty } && net.b.tcp.arenas.allSatisfy { $0.queues.isEmpty })
+        // The layer works on after the trim: a stale connection handle is ignored, new ones work.
+        let again = TCPLog()
+        net.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: [9], log: again))
+        net.run(100)
+        #expect(again.received == [9])
+    }
 }
 
 /// Connects, turns keepalive on (1 s), then stays silent.

@@ -129,6 +129,8 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var acceptCookie: (TCPSegmentInfo, TCPEndpoint, UInt16, UInt16) -> UInt32? = { _, _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
+    @usableFromInline @exclusivity(unchecked) var trim: () -> Void = {}
+    @usableFromInline var trimWanted = false
     /// For a SYN that may reuse a TIME-WAIT 4-tuple: whether the slot is in TIME-WAIT with an
     /// older receive sequence than `sequence`, and if so, forgets it.
     @usableFromInline @exclusivity(unchecked) var yieldTimeWait: (UInt32, SequenceNumber?) -> Bool = { _, _ in false }
@@ -177,10 +179,11 @@ public struct TCPConnection {
         run = { [unowned(unsafe) self] slot, body in body(&self.slots[Int(slot)].tcb) }
         applyActions = { [unowned(unsafe) self] in self.apply($0, $1, payload: nil) }
         endpoints = { [unowned(unsafe) self] in (self.slots[Int($0)].remote, self.slots[Int($0)].localPort) }
-        state = { [unowned(unsafe) self] in self.slots[Int($0)].tcb.state }
+        state = { [unowned(unsafe) self] in self.slots[Int($0)].inUse ? self.slots[Int($0)].tcb.state : .closed }
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
         acceptCookie = { [unowned(unsafe) self] in self.acceptCookie($0, from: $1, localPort: $2, mss: $3) }
         live = { [unowned(unsafe) self] in self.count }
+        trim = { [unowned(unsafe) self] in self.trimTail() }
         yieldTimeWait = { [unowned(unsafe) self] slot, sequence in
             guard self.inTimeWait(slot) else { return false }
             if let sequence, sequence <= self.slots[Int(slot)].tcb.rcvNxt { return false }
@@ -195,7 +198,9 @@ public struct TCPConnection {
 
     @inlinable func allocate(_ slot: Slot) -> UInt32 {
         count += 1
-        if let i = free.popLast() {
+        // Entries beyond a trimmed tail, or duplicates, are stale: skip them.
+        while let i = free.popLast() {
+            guard Int(i) < slots.count, !slots[Int(i)].inUse else { continue }
             slots[Int(i)] = slot
             queues[Int(i)].reset()
             return i
@@ -373,6 +378,10 @@ public struct TCPConnection {
         layer.unregister(ref(slot), remote: s.remote, localPort: s.localPort)
         free.append(slot)
         count -= 1
+        if Int(slot) == slots.count - 1 && !trimWanted {
+            trimWanted = true  // done between segments, never under a borrowed slot
+            layer.trimWanted.append(self)
+        }
         // The handler runs on its own copy: the slot is free, and whatever it does (even
         // opening connections) cannot touch storage it is borrowing. A connection that went
         // through TIME-WAIT told its handler when it entered it.
@@ -384,6 +393,28 @@ public struct TCPConnection {
         // Keep what the handler did (it may have let go of references); the slot cannot have
         // been reused meanwhile, as connections opened in callbacks wait until they return.
         if !slots[Int(slot)].inUse { slots[Int(slot)].handler = handler }
+    }
+
+    /// Gives back the free slots at the end of the arena, and the arrays' memory once they are
+    /// mostly empty: after a crowd of connections has gone, the process shrinks again.
+    @inlinable func trimTail() {
+        trimWanted = false
+        var n = slots.count
+        while n > 0 && !slots[n - 1].inUse { n -= 1 }
+        guard n < slots.count else { return }
+        slots.removeSubrange(n...)
+        queues.removeSubrange(n...)
+        if slots.capacity > 4096 && n * 4 < slots.capacity {
+            var fresh: [Slot] = []
+            fresh.reserveCapacity(max(n * 2, 1024))
+            fresh.append(contentsOf: slots)
+            slots = fresh
+            var q: [SendQueue] = []
+            q.reserveCapacity(max(n * 2, 1024))
+            q.append(contentsOf: queues)
+            queues = q
+            free = free.filter { Int($0) < n && !slots[Int($0)].inUse }
+        }
     }
 
     /// Whether the connection in `slot` sits in TIME-WAIT (and may give way to a new SYN).
@@ -459,6 +490,9 @@ public final class TCPLayer {
         actions.removeAll(keepingCapacity: true)
         actionArrays.append(actions)
     }
+
+    /// Arenas whose last slots were freed, trimmed on the next tick.
+    @usableFromInline @exclusivity(unchecked) var trimWanted: [AnyTCPArena] = []
 
     /// Work for the next tick (refusals), run once per tick.
     @usableFromInline @exclusivity(unchecked) var nextTick: [() -> Void] = []
@@ -559,6 +593,13 @@ public final class TCPLayer {
 
     @usableFromInline func arena(_ ref: UInt64) -> AnyTCPArena { arenas[Int(ref >> 32)] }
 
+    /// Whether `ref` still names a connection (calls through a `TCPConnection` kept past its
+    /// connection's end are ignored instead of touching freed or trimmed slots).
+    @usableFromInline func isLive(_ ref: UInt64) -> Bool {
+        let a = Int(ref >> 32), slot = Int(UInt32(truncatingIfNeeded: ref))
+        return a < arenas.count && slot < arenas[a].queues.count && arenas[a].state(UInt32(slot)) != .closed
+    }
+
     // MARK: API
 
     /// Accepts connections on `port`; each gets a handler from `makeHandler`.
@@ -612,6 +653,7 @@ public final class TCPLayer {
     }
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard isLive(ref) else { return false }
         let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
         let state = a.state(UInt32(slot))
         guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
@@ -625,6 +667,7 @@ public final class TCPLayer {
     }
 
     @usableFromInline func close(_ ref: UInt64) {
+        guard isLive(ref) else { return }
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         if a.queues[Int(slot)].pending > 0 {
             a.queues[Int(slot)].closeRequested = true
@@ -637,6 +680,7 @@ public final class TCPLayer {
     }
 
     @usableFromInline func abort(_ ref: UInt64) {
+        guard isLive(ref) else { return }
         var out: [TCPAction] = []
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         a.run(slot) { $0.abort(out: &out) }
@@ -644,11 +688,13 @@ public final class TCPLayer {
     }
 
     @usableFromInline func setNoDelay(_ ref: UInt64, _ noDelay: Bool) {
+        guard isLive(ref) else { return }
         arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].noDelay = noDelay
         if noDelay { pump(ref) }
     }
 
     @usableFromInline func setIdleSettings(_ ref: UInt64, _ change: (inout TCB) -> Void) {
+        guard isLive(ref) else { return }
         var out: [TCPAction] = []
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         a.run(slot) { tcb in
@@ -659,6 +705,7 @@ public final class TCPLayer {
     }
 
     @usableFromInline func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
+        guard isLive(ref) else { return }
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         var update: TCPSegmentInfo?
         a.run(slot) { tcb in
@@ -675,6 +722,7 @@ public final class TCPLayer {
     }
 
     @usableFromInline func controlBlock(_ ref: UInt64) -> TCB {
+        guard isLive(ref) else { return TCB() }
         var t = TCB()
         arena(ref).run(UInt32(truncatingIfNeeded: ref)) { t = $0 }
         return t
@@ -693,7 +741,8 @@ public final class TCPLayer {
             guard Int32(bitPattern: clock &- due) >= 0 else { break }
             delayedHead += 1
             let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
-            guard a.queues[Int(slot)].ackOwed else { continue }  // carried, or the connection is gone
+            // Carried already, or the connection is gone (its slot maybe trimmed away).
+            guard Int(slot) < a.queues.count, a.queues[Int(slot)].ackOwed else { continue }
             var ack: TCPSegmentInfo?
             a.run(slot) { ack = $0.ackSegment(now: clock) }
             if let ack {
@@ -711,7 +760,8 @@ public final class TCPLayer {
     }
 
     @usableFromInline func queued(_ ref: UInt64) -> Int {
-        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].pending
+        guard isLive(ref) else { return 0 }
+        return arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].pending
     }
 
     /// Sends queued data as the window allows; FIN once the queue has gone out.
@@ -933,6 +983,10 @@ public final class TCPLayer {
             runDeferred()
         }
         if delayedHead < delayedAcks.count { flushDelayedAcks() }
+        if !trimWanted.isEmpty {
+            for a in trimWanted { a.trim() }
+            trimWanted.removeAll()
+        }
         guard timers.count > 0 else { return }
         timers.advance(to: now, into: &expired)
         for ref in expired { arena(ref).timerFired(UInt32(truncatingIfNeeded: ref)) }
