@@ -186,6 +186,7 @@ struct TCPLayerTests {
         #expect(net.a.tcp.timeWaitCount == 10)
         #expect(net.a.tcp.timeWaitOverflows >= 30)
         #expect(chain.failures == 0, "every connection echoed and closed normally")
+        #expect(net.a.tcp.resetsSent == 0, "closes beyond the TIME-WAIT limit still acknowledged the server's FIN")
         net.run(61_000)
         #expect(net.a.tcp.timeWaitCount == 0 && net.a.tcpConnectionCount == 0 && net.b.tcpConnectionCount == 0)
     }

@@ -337,7 +337,9 @@ public struct TCPConnection {
                 finish(slot, reason)
             case .startTimeWait(let ms):
                 if !layer.enterTimeWait() {
-                    // The TIME-WAIT table is full: forget this connection now (counted).
+                    // The TIME-WAIT table is full: forget this connection now (counted), but
+                    // first acknowledge the peer's FIN, or it would retransmit it into a RST.
+                    layer.emit(slots[Int(slot)].tcb.ackSegment(now: layer.clock), ref: r, payload: nil)
                     finish(slot, .normal)
                     return
                 }
