@@ -135,7 +135,7 @@ public struct TCPHoldBenchmark {
         }
         // Close them all (client first, in batches the switch's queues absorb) and see the
         // memory come back: the server forgets each connection, the client keeps at most its
-        // TIME-WAIT limit; arenas and the connection table shrink.
+        // TIME-WAIT limit; the arenas give freed slots back.
         let list = try pair.onClient { _ -> Unchecked<UnsafeMutablePointer<[TCPConnection]>> in
             shared.value.pointee.closing = true
             let p = UnsafeMutablePointer<[TCPConnection]>.allocate(capacity: 1)

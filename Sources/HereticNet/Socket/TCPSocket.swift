@@ -123,11 +123,10 @@ public final class TCPSocket: @unchecked Sendable {
     }
 
     func closed(_ reason: TCPCloseReason) {
-        let wasConnecting = phase == .connecting
         phase = .closed
         if reason != .normal { error = TCPError(reason) }
         let failure = Outcome.failed(error ?? .closed)
-        wake(&connectWaiter, &connectEvent, wasConnecting ? failure : .failed(error ?? .closed))
+        wake(&connectWaiter, &connectEvent, failure)
         wake(&readWaiter, &readEvent, error == nil ? .ready : failure)  // a normal close: end of stream
         wake(&writeWaiter, &writeEvent, failure)
         wake(&closeWaiter, &closeEvent, error == nil ? .ready : failure)

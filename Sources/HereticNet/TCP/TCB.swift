@@ -474,33 +474,37 @@ public struct TCB: Sendable, Equatable {
     /// When the next idle check is due (nil: no keepalive and no idle timeout).
     func idleDeadline() -> UInt32? {
         guard state == .established || state == .closeWait || state == .finWait2 else { return nil }
-        var due: UInt32?
-        if idleTimeoutSeconds > 0 { due = lastActive &+ UInt32(idleTimeoutSeconds) * 1000 }
-        if keepaliveSeconds > 0 {
-            let interval = UInt32(min(keepaliveSeconds, 75)) * 1000
-            let k = lastHeard &+ UInt32(keepaliveSeconds) * 1000 &+ UInt32(probes) * interval
-            if let d = due { due = Int32(bitPattern: k &- d) < 0 ? k : d } else { due = k }
+        switch (idleDue, keepaliveDue) {
+        case let (d?, k?): return Int32(bitPattern: k &- d) < 0 ? k : d
+        case let (d, k): return d ?? k
         }
-        return due
+    }
+
+    /// When the idle timeout ends the connection (nil: no idle timeout).
+    var idleDue: UInt32? {
+        idleTimeoutSeconds > 0 ? lastActive &+ UInt32(idleTimeoutSeconds) * 1000 : nil
+    }
+
+    /// When the next keepalive probe is due (nil: keepalive off).
+    var keepaliveDue: UInt32? {
+        guard keepaliveSeconds > 0 else { return nil }
+        let interval = UInt32(min(keepaliveSeconds, 75)) * 1000
+        return lastHeard &+ UInt32(keepaliveSeconds) * 1000 &+ UInt32(probes) * interval
     }
 
     mutating func idleCheck(now: UInt32, out: inout [TCPAction]) {
         guard idleDeadline() != nil else { out.append(.cancelRetransmit); return }
-        if idleTimeoutSeconds > 0, Int32(bitPattern: now &- (lastActive &+ UInt32(idleTimeoutSeconds) * 1000)) >= 0 {
+        if let d = idleDue, Int32(bitPattern: now &- d) >= 0 {
             abort(out: &out, reason: .idle)
             return
         }
-        if keepaliveSeconds > 0 {
-            let interval = UInt32(min(keepaliveSeconds, 75)) * 1000
-            let k = lastHeard &+ UInt32(keepaliveSeconds) * 1000 &+ UInt32(probes) * interval
-            if Int32(bitPattern: now &- k) >= 0 {
-                if probes >= Self.keepaliveProbes {
-                    abort(out: &out, reason: .timedOut)
-                    return
-                }
-                probes += 1
-                out.append(.send(probeSegment(now: now)))
+        if let k = keepaliveDue, Int32(bitPattern: now &- k) >= 0 {
+            if probes >= Self.keepaliveProbes {
+                abort(out: &out, reason: .timedOut)
+                return
             }
+            probes += 1
+            out.append(.send(probeSegment(now: now)))
         }
         idleTimer(now: now, out: &out)
     }

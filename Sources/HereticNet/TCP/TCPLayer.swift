@@ -78,8 +78,6 @@ public struct TCPConnection {
     /// window that opens by at least one MSS, or from closed, is announced at once.
     public func setReceiveWindow(_ bytes: Int) { layer.setReceiveWindow(ref, bytes) }
 
-    /// The connection's control block, for inspection (window, RTT, congestion state).
-    public var controlBlock: TCB { layer.controlBlock(ref) }
 }
 
 /// Per-connection data waiting for acknowledgement: created with the first byte sent and
@@ -598,8 +596,13 @@ public final class TCPLayer {
     /// Whether `ref` still names a connection (calls through a `TCPConnection` kept past its
     /// connection's end are ignored instead of touching freed or trimmed slots).
     @usableFromInline func isLive(_ ref: UInt64) -> Bool {
-        let a = Int(ref >> 32), slot = Int(UInt32(truncatingIfNeeded: ref))
-        return a < arenas.count && slot < arenas[a].queues.count && arenas[a].state(UInt32(slot)) != .closed
+        holds(ref) && arena(ref).state(UInt32(truncatingIfNeeded: ref)) != .closed
+    }
+
+    /// Whether `ref`'s slot exists (it may be free: its state then reads closed).
+    @usableFromInline func holds(_ ref: UInt64) -> Bool {
+        let a = Int(ref >> 32)
+        return a < arenas.count && Int(UInt32(truncatingIfNeeded: ref)) < arenas[a].queues.count
     }
 
     // MARK: API
@@ -655,7 +658,7 @@ public final class TCPLayer {
     }
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard isLive(ref) else { return false }
+        guard holds(ref) else { return false }  // (a freed slot's state reads closed below)
         let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
         let state = a.state(UInt32(slot))
         guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
@@ -721,13 +724,6 @@ public final class TCPLayer {
             }
         }
         if let update { emit(update, ref: ref, payload: nil) }
-    }
-
-    @usableFromInline func controlBlock(_ ref: UInt64) -> TCB {
-        guard isLive(ref) else { return TCB() }
-        var t = TCB()
-        arena(ref).run(UInt32(truncatingIfNeeded: ref)) { t = $0 }
-        return t
     }
 
     /// Marks the connection as owing an ACK, sent when due unless a segment carries it first.
