@@ -5,7 +5,10 @@ public struct DeviceOffloads: OptionSet, Sendable {
     /// Received frames have valid IPv4/TCP/UDP/ICMP checksums already (a virtual link that
     /// never corrupts): the stack skips verifying them.
     public static let receiveChecksumsVerified = DeviceOffloads(rawValue: 1)
-    /// The device fills in transmit checksums itself.
+    /// The device fills in transmit checksums itself (IPv4 header, TCP, UDP): the stack leaves
+    /// them zero. For the in-process switch nobody needs them, as every receiver is an
+    /// in-process interface that trusts the link; a port bridging to a real network must
+    /// compute them before frames leave the process.
     public static let transmitChecksums = DeviceOffloads(rawValue: 2)
 }
 

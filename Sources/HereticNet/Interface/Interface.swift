@@ -38,6 +38,8 @@ public final class Interface {
     /// The time of the current poll, in milliseconds.
     @exclusivity(unchecked) public private(set) var now: UInt64 = 0
     let verifyChecksums: Bool
+    /// False when the device fills in transmit checksums (or its link needs none).
+    @usableFromInline let fillChecksums: Bool
     let subnetMask: UInt32
     /// Created on first use: an interface that never speaks TCP carries none of it.
     @usableFromInline var tcpLayer: TCPLayer?
@@ -57,10 +59,13 @@ public final class Interface {
                        pendingPerAddress: configuration.arpPendingPerAddress,
                        maxRequests: configuration.arpMaxRequests)
         verifyChecksums = !device.offloads.contains(.receiveChecksumsVerified)
+        fillChecksums = !device.offloads.contains(.transmitChecksums)
         subnetMask = configuration.prefixLength == 0 ? 0 : ~UInt32(0) << UInt32(32 - configuration.prefixLength)
         rx.reserveCapacity(configuration.receiveBatch)
         tx.reserveCapacity(configuration.receiveBatch * 2)
     }
+
+    deinit { tcpLayer?.tearDown() }
 
     public var address: IPv4Address { configuration.address }
     public var mac: MACAddress { configuration.mac }
@@ -110,7 +115,7 @@ public final class Interface {
         let base = pool.bytes(p)
         if data.count > 0 { (base + UDPDatagram.headerLength).copyMemory(from: data.baseAddress!, byteCount: data.count) }
         UDPDatagram.emit(into: base, sourcePort: port, destinationPort: peer.port, dataLength: data.count,
-                         source: address, destination: peer.address)
+                         source: address, destination: peer.address, checksum: fillChecksums)
         p.length = UInt16(total)
         sendIPv4(p, to: peer.address, protocol: IPProtocol.udp)
         return true
@@ -299,7 +304,7 @@ public final class Interface {
         let payloadLength = Int(p.length)
         p.length += 20
         IPv4Packet.emit(into: pool.bytes(p), source: address, destination: destination, protocol: proto,
-                        payloadLength: payloadLength)
+                        payloadLength: payloadLength, checksum: fillChecksums)
         sendIPv4Framed(p, to: destination)
     }
 

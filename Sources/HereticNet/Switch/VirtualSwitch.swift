@@ -101,8 +101,10 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
     public let core: Int
     public let mtu: Int
     let pool: PacketPool
-    /// The in-process link cannot corrupt frames (a fault injector around it reports none).
-    public let offloads: DeviceOffloads = [.receiveChecksumsVerified]
+    /// The in-process link cannot corrupt frames, and every receiver is an in-process interface
+    /// that trusts it: checksums are neither computed nor verified (a fault injector around a
+    /// port reports no offloads, so both come back).
+    public let offloads: DeviceOffloads = [.receiveChecksumsVerified, .transmitChecksums]
     /// Frames from ports of the same core, as packets of the shared pool (bounded like the
     /// cross-core rings: a full queue drops and counts).
     @exclusivity(unchecked) var local: PacketQueue

@@ -122,6 +122,8 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var timerFired: (UInt32) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
     @usableFromInline @exclusivity(unchecked) var applyActions: (UInt32, [TCPAction]) -> Void = { _, _ in }
+    @usableFromInline @exclusivity(unchecked) var sendBytes: (UInt32, UnsafeRawBufferPointer) -> Bool = { _, _ in false }
+    @usableFromInline @exclusivity(unchecked) var pumpSlot: (UInt32) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
     @usableFromInline @exclusivity(unchecked) var state: (UInt32) -> TCPState = { _ in .closed }
     @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
@@ -135,7 +137,7 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var isTimeWait: (UInt32) -> Bool = { _ in false }
     @usableFromInline @exclusivity(unchecked) var established: () -> [UInt32] = { [] }
     /// Send queues by slot: empty (no allocation) while a connection has nothing unacked.
-    @usableFromInline @exclusivity(unchecked) var queues: [SendQueue] = []
+    @usableFromInline let queues = ChunkedStore<SendQueue>()
     @usableFromInline init() {}
 }
 
@@ -161,9 +163,12 @@ public struct TCPConnection {
         }
     }
 
-    @usableFromInline unowned(unsafe) let layer: TCPLayer
+    /// Strong, so calls into the layer on the hot path need no retain: the layer breaks the
+    /// cycle in `tearDown()` when its interface goes.
+    @usableFromInline let layer: TCPLayer
     @usableFromInline let makeHandler: (() -> H)?
-    @usableFromInline @exclusivity(unchecked) var slots: [Slot] = []
+    /// Connections by slot, at addresses that never change.
+    @usableFromInline let slots = ChunkedStore<Slot>()
     @usableFromInline @exclusivity(unchecked) var free: [UInt32] = []
     @usableFromInline @exclusivity(unchecked) var count = 0
 
@@ -176,6 +181,8 @@ public struct TCPConnection {
         timerFired = { [unowned(unsafe) self] in self.fire($0) }
         run = { [unowned(unsafe) self] slot, body in body(&self.slots[Int(slot)].tcb) }
         applyActions = { [unowned(unsafe) self] in self.apply($0, $1, payload: nil) }
+        sendBytes = { [unowned(unsafe) self] in self.send($0, $1) }
+        pumpSlot = { [unowned(unsafe) self] in self.pump($0) }
         endpoints = { [unowned(unsafe) self] in (self.slots[Int($0)].remote, self.slots[Int($0)].localPort) }
         state = { [unowned(unsafe) self] in self.slots[Int($0)].inUse ? self.slots[Int($0)].tcb.state : .closed }
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
@@ -254,10 +261,10 @@ public struct TCPConnection {
         slots[Int(slot)].tcb.segmentArrived(seg, now: layer.clock, out: &out)
         let advanced = slots[Int(slot)].tcb.sndUna - before
         let wasAbove = queues[Int(slot)].pending >= TCPLayer.writableThreshold
-        if advanced > 0 { layer.acknowledged(ref(slot), advanced) }
+        if advanced > 0 { acknowledged(slot, advanced) }
         apply(slot, out, payload: payload)
         guard slots[Int(slot)].inUse else { return }
-        layer.pump(ref(slot))
+        pump(slot)
         if advanced > 0 && wasAbove && queues[Int(slot)].pending < TCPLayer.writableThreshold
             && slots[Int(slot)].tcb.canSendData {
             var c = connection(slot)
@@ -275,7 +282,96 @@ public struct TCPConnection {
         let unsent = queues[Int(slot)].pending - slots[Int(slot)].tcb.bytesInFlight
         slots[Int(slot)].tcb.timerFired(now: layer.clock, unsent: max(0, unsent), out: &out)
         apply(slot, out, payload: nil)
-        if slots[Int(slot)].inUse { layer.pump(ref(slot)) }
+        if slots[Int(slot)].inUse { pump(slot) }
+    }
+
+    // MARK: The send path (typed, so a message goes out without erased calls)
+
+    /// Queues `bytes` (copied) and sends what the window allows. False when the connection
+    /// cannot send any more.
+    @inlinable func send(_ slot: UInt32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        let s = Int(slot)
+        guard slots[s].inUse else { return false }
+        let state = slots[s].tcb.state
+        guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
+              !queues[s].closeRequested else { return false }
+        if queues[s].bytes.capacity == 0, let spare = layer.spareBuffers.popLast() {
+            queues[s].bytes = spare
+        }
+        queues[s].bytes.append(contentsOf: bytes)
+        pump(slot)
+        return true
+    }
+
+    /// Sends queued data as the window allows; FIN once the queue has gone out.
+    @inlinable func pump(_ slot: UInt32) {
+        let s = Int(slot)
+        guard !queues[s].isIdle, slots[s].tcb.canSendData else { return }
+        let pending = queues[s].pending, noDelay = queues[s].noDelay, clock = layer.clock
+        // Everything queued is in flight and no FIN is due: nothing to do (the common case
+        // after an ACK that left data outstanding).
+        if pending == slots[s].tcb.bytesInFlight && !slots[s].tcb.pendingFIN
+            && !(queues[s].closeRequested && !slots[s].tcb.finPending) { return }
+        var out = layer.takeActions()
+        defer { layer.giveBack(&out) }
+        let mss = Int(slots[s].tcb.sendMSS)
+        while true {
+            let inFlight = slots[s].tcb.bytesInFlight
+            let unsent = pending - inFlight
+            let room = min(slots[s].tcb.sendWindowAvailable, mss)
+            guard unsent > 0, room > 0 else { break }
+            let length = min(unsent, room)
+            // Nagle (RFC 1122 4.2.3.4): with data unacknowledged, a segment shorter than a
+            // full MSS waits for the ACK so that small writes coalesce.
+            if length < mss && inFlight > 0 && !noDelay { break }
+            slots[s].tcb.send(length: length, now: clock, out: &out)
+        }
+        if pending > slots[s].tcb.bytesInFlight && slots[s].tcb.sndWnd == 0 { slots[s].tcb.windowClosed(out: &out) }
+        if pending == slots[s].tcb.bytesInFlight {  // nothing left to (re)send
+            if slots[s].tcb.pendingFIN {
+                slots[s].tcb.resendFIN(now: clock, out: &out)
+            } else if queues[s].closeRequested && !slots[s].tcb.finPending {
+                slots[s].tcb.close(now: clock, out: &out)
+                queues[s].closeRequested = false
+            }
+        }
+        if !out.isEmpty { apply(slot, out, payload: nil) }
+    }
+
+    /// `count` more bytes (or SYN/FIN) were acknowledged: drop them from the queue.
+    @inlinable func acknowledged(_ slot: UInt32, _ count: Int) {
+        let s = Int(slot)
+        guard !queues[s].bytes.isEmpty else { return }
+        let acked = min(queues[s].bytes.count, queues[s].acked + count)
+        if acked == queues[s].bytes.count {
+            // Lazy IO: the connection gives its buffer up; the layer keeps a bounded few.
+            var drained: [UInt8] = []
+            swap(&drained, &queues[s].bytes)
+            queues[s].acked = 0
+            layer.keepSpare(&drained)
+        } else if acked > 65_536 {
+            queues[s].bytes.removeFirst(acked)
+            queues[s].acked = 0
+        } else {
+            queues[s].acked = acked
+        }
+    }
+
+    /// Sends a segment of this connection (it carries the current ACK).
+    @inlinable func emit(_ slot: UInt32, _ seg: TCPSegmentInfo, payload: UnsafeRawPointer?) {
+        queues[Int(slot)].ackOwed = false
+        layer.build(seg, remote: slots[Int(slot)].remote, localPort: slots[Int(slot)].localPort, payload: payload)
+    }
+
+    /// Sends a data segment whose bytes come from the connection's queue.
+    @inlinable func emitData(_ slot: UInt32, _ seg: TCPSegmentInfo) {
+        let s = Int(slot)
+        let offset = seg.sequence - slots[s].tcb.sndUna
+        guard offset >= 0, offset + seg.payloadLength <= queues[s].pending else { return }
+        let start = queues[s].acked + offset
+        queues[s].bytes.withUnsafeBytes { b in
+            emit(slot, seg, payload: b.baseAddress! + start)
+        }
     }
 
     /// Carries out what the state machine asked for, calling the handler for events.
@@ -288,7 +384,7 @@ public struct TCPConnection {
             // delayed one waits (for a reply to carry it) unless one is already owed.
             if ackWanted || ackDelayed, slots[Int(slot)].inUse, layer.segmentsSent == sentBefore {
                 if ackWanted || queues[Int(slot)].ackOwed {
-                    layer.emit(slots[Int(slot)].tcb.ackSegment(now: layer.clock), ref: r, payload: nil)
+                    emit(slot, slots[Int(slot)].tcb.ackSegment(now: layer.clock), payload: nil)
                 } else {
                     layer.delayAck(r)
                 }
@@ -305,12 +401,12 @@ public struct TCPConnection {
                 if seg.flags == .ack && seg.payloadLength == 0 && seg.sequence == slots[Int(slot)].tcb.sndUna - 1 {
                     layer.probeCount += 1  // a persist or keepalive probe
                 }
-                layer.emit(seg, ref: r, payload: nil)
+                emit(slot, seg, payload: nil)
             case .sendData(let seg):
-                layer.emitData(seg, ref: r, sndUna: slots[Int(slot)].tcb.sndUna)
+                emitData(slot, seg)
             case .resendData(let seg):
                 layer.retransmitCount += 1
-                layer.emitData(seg, ref: r, sndUna: slots[Int(slot)].tcb.sndUna)
+                emitData(slot, seg)
             case .deliver(let offset, let length):
                 guard let p = payload else { continue }
                 var c = connection(slot)
@@ -337,7 +433,7 @@ public struct TCPConnection {
                 if !layer.enterTimeWait() {
                     // The TIME-WAIT table is full: forget this connection now (counted), but
                     // first acknowledge the peer's FIN, or it would retransmit it into a RST.
-                    layer.emit(slots[Int(slot)].tcb.ackSegment(now: layer.clock), ref: r, payload: nil)
+                    emit(slot, slots[Int(slot)].tcb.ackSegment(now: layer.clock), payload: nil)
                     finish(slot, .normal)
                     return
                 }
@@ -395,25 +491,19 @@ public struct TCPConnection {
         if !slots[Int(slot)].inUse { slots[Int(slot)].handler = handler }
     }
 
-    /// Gives back the free slots at the end of the arena, and the arrays' memory once they are
-    /// mostly empty: after a crowd of connections has gone, the process shrinks again.
+    /// Gives back the free slots at the end of the arena, and the chunks that held them: after
+    /// a crowd of connections has gone, the process shrinks again.
     @inlinable func trimTail() {
         trimWanted = false
         var n = slots.count
         while n > 0 && !slots[n - 1].inUse { n -= 1 }
         guard n < slots.count else { return }
-        slots.removeSubrange(n...)
-        queues.removeSubrange(n...)
-        if slots.capacity > 4096 && n * 4 < slots.capacity {
-            var fresh: [Slot] = []
-            fresh.reserveCapacity(max(n * 2, 1024))
-            fresh.append(contentsOf: slots)
-            slots = fresh
-            var q: [SendQueue] = []
-            q.reserveCapacity(max(n * 2, 1024))
-            q.append(contentsOf: queues)
-            queues = q
-            free = free.filter { Int($0) < n && !slots[Int($0)].inUse }
+        slots.truncate(to: n)
+        queues.truncate(to: n)
+        // Free-list entries past the end are skipped when popped; drop them in bulk once
+        // they are most of the list, so its memory goes too.
+        if free.count > 4096 && n * 2 < free.count {
+            free = free.filter { Int($0) < n }
         }
     }
 
@@ -474,21 +564,39 @@ public final class TCPLayer {
     /// Drained send-queue buffers kept for reuse: idle connections own none, busy ones stop
     /// going to malloc for every message.
     @usableFromInline @exclusivity(unchecked) var spareBuffers: [[UInt8]] = []
-    static let spareBufferLimit = 1024
-    static let spareBufferMaxCapacity = 65_536
+    @usableFromInline static let spareBufferLimit = 1024
+    @usableFromInline static let spareBufferMaxCapacity = 65_536
 
     /// Action arrays reused across calls (each nested call takes its own), so handling a
     /// segment allocates none.
     @usableFromInline @exclusivity(unchecked) var actionArrays: [[TCPAction]] = []
 
+    /// The one most calls use, moved out and back (cheaper than the pool's pop and push).
+    @usableFromInline @exclusivity(unchecked) var actionSpare: [TCPAction] = []
+    @usableFromInline @exclusivity(unchecked) var actionSpareTaken = false
+
     @usableFromInline func takeActions() -> [TCPAction] {
-        actionArrays.popLast() ?? { var a: [TCPAction] = []; a.reserveCapacity(8); return a }()
+        var a: [TCPAction] = []
+        if !actionSpareTaken {
+            actionSpareTaken = true
+            swap(&a, &actionSpare)
+            if a.capacity == 0 { a.reserveCapacity(8) }
+            return a
+        }
+        if let pooled = actionArrays.popLast() { return pooled }
+        a.reserveCapacity(8)
+        return a
     }
 
     @usableFromInline func giveBack(_ actions: inout [TCPAction]) {
-        guard actionArrays.count < 64 else { return }
         actions.removeAll(keepingCapacity: true)
-        actionArrays.append(actions)
+        if actionSpareTaken {
+            // Any array will do as the spare (nested calls give theirs back first).
+            swap(&actions, &actionSpare)
+            actionSpareTaken = false
+        } else if actionArrays.count < 64 {
+            actionArrays.append(actions)
+        }
     }
 
     /// Arenas whose last slots were freed, trimmed on the next tick.
@@ -502,6 +610,16 @@ public final class TCPLayer {
     init(interface: Interface) { self.interface = interface }
 
     deinit { timers.release() }
+
+    /// Lets go of every arena (they hold the layer): called when the interface goes.
+    func tearDown() {
+        arenas.removeAll()
+        listeners.removeAll()
+        connectArenas.removeAll()
+        trimWanted.removeAll()
+        deferred.removeAll()
+        nextTick.removeAll()
+    }
 
     /// Calls `body` with every established connection (on the interface's core), for
     /// operations that start traffic on many connections at once.
@@ -658,17 +776,8 @@ public final class TCPLayer {
     }
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard holds(ref) else { return false }  // (a freed slot's state reads closed below)
-        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
-        let state = a.state(UInt32(slot))
-        guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
-              !a.queues[slot].closeRequested else { return false }
-        if a.queues[slot].bytes.capacity == 0, let spare = spareBuffers.popLast() {
-            a.queues[slot].bytes = spare
-        }
-        a.queues[slot].bytes.append(contentsOf: bytes)
-        pump(ref)
-        return true
+        guard holds(ref) else { return false }  // (a freed slot is not in use: refused there)
+        return arena(ref).sendBytes(UInt32(truncatingIfNeeded: ref), bytes)
     }
 
     @usableFromInline func close(_ ref: UInt64) {
@@ -764,57 +873,14 @@ public final class TCPLayer {
 
     /// Sends queued data as the window allows; FIN once the queue has gone out.
     @usableFromInline func pump(_ ref: UInt64) {
-        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
-        let q = a.queues[Int(slot)]
-        guard !q.isIdle else { return }
-        var out = takeActions()
-        defer { giveBack(&out) }
-        var closeNow = false
-        a.run(slot) { tcb in
-            guard tcb.canSendData else { return }
-            while true {
-                let unsent = q.pending - tcb.bytesInFlight
-                let room = min(tcb.sendWindowAvailable, Int(tcb.sendMSS))
-                guard unsent > 0, room > 0 else { break }
-                let length = min(unsent, room)
-                // Nagle (RFC 1122 4.2.3.4): with data unacknowledged, a segment shorter than
-                // a full MSS waits for the ACK so that small writes coalesce.
-                if length < Int(tcb.sendMSS) && tcb.bytesInFlight > 0 && !q.noDelay { break }
-                tcb.send(length: length, now: clock, out: &out)
-            }
-            if q.pending > tcb.bytesInFlight && tcb.sndWnd == 0 { tcb.windowClosed(out: &out) }
-            guard q.pending == tcb.bytesInFlight else { return }  // data still to (re)send
-            if tcb.pendingFIN {
-                tcb.resendFIN(now: clock, out: &out)
-            } else if q.closeRequested && !tcb.finPending {
-                tcb.close(now: clock, out: &out)
-                closeNow = true
-            }
-        }
-        if closeNow { a.queues[Int(slot)].closeRequested = false }
-        a.applyErased(slot, out)
+        arena(ref).pumpSlot(UInt32(truncatingIfNeeded: ref))
     }
 
-    /// `count` more bytes (or SYN/FIN) were acknowledged: drop them from the queue.
-    @usableFromInline func acknowledged(_ ref: UInt64, _ count: Int) {
-        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
-        guard !a.queues[slot].bytes.isEmpty else { return }
-        let acked = min(a.queues[slot].bytes.count, a.queues[slot].acked + count)
-        if acked == a.queues[slot].bytes.count {
-            // Lazy IO: the connection gives its buffer up; the layer keeps a bounded few.
-            var drained: [UInt8] = []
-            swap(&drained, &a.queues[slot].bytes)
-            if spareBuffers.count < Self.spareBufferLimit && drained.capacity <= Self.spareBufferMaxCapacity {
-                drained.removeAll(keepingCapacity: true)
-                spareBuffers.append(drained)
-            }
-            a.queues[slot].acked = 0
-        } else if acked > 65_536 {
-            a.queues[slot].bytes.removeFirst(acked)
-            a.queues[slot].acked = 0
-        } else {
-            a.queues[slot].acked = acked
-        }
+    /// Keeps a drained send buffer for reuse (a bounded few; idle connections own none).
+    @usableFromInline func keepSpare(_ drained: inout [UInt8]) {
+        guard spareBuffers.count < Self.spareBufferLimit && drained.capacity <= Self.spareBufferMaxCapacity else { return }
+        drained.removeAll(keepingCapacity: true)
+        spareBuffers.append(drained)
     }
 
     // MARK: Segments
@@ -943,17 +1009,6 @@ public final class TCPLayer {
         build(seg, remote: remote, localPort: localPort, payload: payload)
     }
 
-    /// Sends a data segment whose bytes come from the connection's queue.
-    @usableFromInline func emitData(_ seg: TCPSegmentInfo, ref: UInt64, sndUna: SequenceNumber) {
-        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
-        let offset = seg.sequence - sndUna
-        guard offset >= 0, offset + seg.payloadLength <= a.queues[slot].pending else { return }
-        let start = a.queues[slot].acked + offset
-        a.queues[slot].bytes.withUnsafeBytes { b in
-            emit(seg, ref: ref, payload: b.baseAddress! + start)
-        }
-    }
-
     @usableFromInline func build(_ seg: TCPSegmentInfo, remote: TCPEndpoint, localPort: UInt16, payload: UnsafeRawPointer?) {
         let header = TCPSegment.minimumHeaderLength + seg.options.encodedLength
         let total = header + seg.payloadLength
@@ -963,7 +1018,8 @@ public final class TCPLayer {
         TCPSegment.emit(into: base, sourcePort: localPort, destinationPort: remote.port,
                         sequenceNumber: seg.sequence.raw, acknowledgmentNumber: seg.acknowledgment.raw,
                         flags: seg.flags, window: seg.window, options: seg.options,
-                        payloadLength: seg.payloadLength, source: interface.address, destination: remote.address)
+                        payloadLength: seg.payloadLength, source: interface.address, destination: remote.address,
+                        checksum: interface.fillChecksums)
         p.length = UInt16(total)
         segmentsSent += 1
         interface.sendIPv4(p, to: remote.address, protocol: IPProtocol.tcp)

@@ -57,7 +57,8 @@ public struct IPv4Packet {
     @inlinable
     public static func emit(into base: UnsafeMutableRawPointer, source: IPv4Address,
                             destination: IPv4Address, protocol proto: UInt8, payloadLength: Int,
-                            identification: UInt16 = 0, ttl: UInt8 = 64, dontFragment: Bool = true) {
+                            identification: UInt16 = 0, ttl: UInt8 = 64, dontFragment: Bool = true,
+                            checksum: Bool = true) {
         base.setByte(0, 0x45)
         base.setByte(1, 0)
         base.setBE16(2, UInt16(truncatingIfNeeded: 20 + payloadLength))
@@ -68,6 +69,6 @@ public struct IPv4Packet {
         base.setBE16(10, 0)
         base.setBE32(12, source.raw)
         base.setBE32(16, destination.raw)
-        base.setBE16(10, InternetChecksum.compute(UnsafeRawPointer(base), count: 20))
+        if checksum { base.setBE16(10, InternetChecksum.compute(UnsafeRawPointer(base), count: 20)) }
     }
 }

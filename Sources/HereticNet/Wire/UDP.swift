@@ -35,12 +35,14 @@ public struct UDPDatagram {
     /// Writes the header for the `dataLength` bytes already at offset 8, with its checksum.
     @inlinable
     public static func emit(into base: UnsafeMutableRawPointer, sourcePort: UInt16, destinationPort: UInt16,
-                            dataLength: Int, source: IPv4Address, destination: IPv4Address) {
+                            dataLength: Int, source: IPv4Address, destination: IPv4Address,
+                            checksum: Bool = true) {
         let len = Self.headerLength + dataLength
         base.setBE16(0, sourcePort)
         base.setBE16(2, destinationPort)
         base.setBE16(4, UInt16(truncatingIfNeeded: len))
         base.setBE16(6, 0)
+        guard checksum else { return }  // the device fills it in (transmit offload)
         let pseudo = InternetChecksum.pseudoHeader(source: source, destination: destination,
                                                    protocol: IPProtocol.udp, length: len)
         var sum = InternetChecksum.compute(UnsafeRawPointer(base), count: len, initial: pseudo)
