@@ -31,22 +31,28 @@ extension TCPHandler {
 
 /// What a handler can do to its connection while it runs.
 public struct TCPConnection {
-    @usableFromInline unowned(unsafe) let layer: TCPLayer
+    /// The layer outlives every callback that sees this value; held unretained, so a call
+    /// through it costs no reference counting.
+    @usableFromInline let unmanagedLayer: Unmanaged<TCPLayer>
     @usableFromInline let ref: UInt64
     public let remote: TCPEndpoint
     public let localPort: UInt16
 
     @inlinable init(layer: TCPLayer, ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
-        self.layer = layer
+        self.unmanagedLayer = Unmanaged.passUnretained(layer)
         self.ref = ref
         self.remote = remote
         self.localPort = localPort
     }
 
+    @usableFromInline var layer: TCPLayer { unmanagedLayer.takeUnretainedValue() }
+
     /// Queues bytes for sending (copied: the caller's buffer is free on return) and sends
     /// what the peer's window allows now. False when the connection cannot send any more.
     @discardableResult
-    public func send(_ bytes: UnsafeRawBufferPointer) -> Bool { layer.send(ref, bytes) }
+    public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        unmanagedLayer._withUnsafeGuaranteedRef { $0.send(ref, bytes) }
+    }
 
     /// Sends FIN once everything queued has gone out.
     public func close() { layer.close(ref) }
@@ -177,14 +183,21 @@ public struct TCPConnection {
         self.makeHandler = makeHandler
         super.init()
         self.index = index
-        arrived = { [unowned(unsafe) self] in self.segmentArrived($0, $1, $2) }
-        timerFired = { [unowned(unsafe) self] in self.fire($0) }
-        run = { [unowned(unsafe) self] slot, body in body(&self.slots[Int(slot)].tcb) }
-        applyActions = { [unowned(unsafe) self] in self.apply($0, $1, payload: nil) }
-        sendBytes = { [unowned(unsafe) self] in self.send($0, $1) }
-        pumpSlot = { [unowned(unsafe) self] in self.pump($0) }
-        endpoints = { [unowned(unsafe) self] in (self.slots[Int($0)].remote, self.slots[Int($0)].localPort) }
-        state = { [unowned(unsafe) self] in self.slots[Int($0)].inUse ? self.slots[Int($0)].tcb.state : .closed }
+        // Unretained: the arena owns these closures. Through a guaranteed reference, calls
+        // on the hot path cost no reference counting.
+        let me = Unmanaged.passUnretained(self)
+        arrived = { slot, seg, payload in me._withUnsafeGuaranteedRef { $0.segmentArrived(slot, seg, payload) } }
+        timerFired = { slot in me._withUnsafeGuaranteedRef { $0.fire(slot) } }
+        run = { slot, body in me._withUnsafeGuaranteedRef { body(&$0.slots[Int(slot)].tcb) } }
+        applyActions = { slot, actions in me._withUnsafeGuaranteedRef { $0.apply(slot, actions, payload: nil) } }
+        sendBytes = { slot, bytes in me._withUnsafeGuaranteedRef { $0.send(slot, bytes) } }
+        pumpSlot = { slot in me._withUnsafeGuaranteedRef { $0.pump(slot) } }
+        endpoints = { slot in
+            me._withUnsafeGuaranteedRef { ($0.slots[Int(slot)].remote, $0.slots[Int(slot)].localPort) }
+        }
+        state = { slot in
+            me._withUnsafeGuaranteedRef { $0.slots[Int(slot)].inUse ? $0.slots[Int(slot)].tcb.state : .closed }
+        }
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
         acceptCookie = { [unowned(unsafe) self] in self.acceptCookie($0, from: $1, localPort: $2, mss: $3) }
         live = { [unowned(unsafe) self] in self.count }
@@ -513,7 +526,10 @@ public struct TCPConnection {
 
 /// The TCP of one interface: connections, listeners, timers and the segments between them.
 public final class TCPLayer {
-    @usableFromInline unowned(unsafe) let interface: Interface
+    /// The interface owns the layer; held unretained so that calls into it cost no
+    /// reference counting.
+    @usableFromInline let unmanagedInterface: Unmanaged<Interface>
+    @usableFromInline var interface: Interface { unmanagedInterface.takeUnretainedValue() }
     @usableFromInline @exclusivity(unchecked) var arenas: [AnyTCPArena] = []
     @usableFromInline @exclusivity(unchecked) var listeners: [UInt16: AnyTCPArena] = [:]
     /// Arenas for actively opened connections, one per handler type.
@@ -607,7 +623,7 @@ public final class TCPLayer {
     /// Segments built, for ACK coalescing (any segment carries the current ACK).
     @usableFromInline @exclusivity(unchecked) var segmentsSent = 0
 
-    init(interface: Interface) { self.interface = interface }
+    init(interface: Interface) { unmanagedInterface = Unmanaged.passUnretained(interface) }
 
     deinit { timers.release() }
 
@@ -777,7 +793,9 @@ public final class TCPLayer {
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
         guard holds(ref) else { return false }  // (a freed slot is not in use: refused there)
-        return arena(ref).sendBytes(UInt32(truncatingIfNeeded: ref), bytes)
+        return Unmanaged.passUnretained(arenas[Int(ref >> 32)])._withUnsafeGuaranteedRef {
+            $0.sendBytes(UInt32(truncatingIfNeeded: ref), bytes)
+        }
     }
 
     @usableFromInline func close(_ ref: UInt64) {
@@ -1010,19 +1028,21 @@ public final class TCPLayer {
     }
 
     @usableFromInline func build(_ seg: TCPSegmentInfo, remote: TCPEndpoint, localPort: UInt16, payload: UnsafeRawPointer?) {
-        let header = TCPSegment.minimumHeaderLength + seg.options.encodedLength
-        let total = header + seg.payloadLength
-        guard var p = interface.pool.allocate(length: total) else { interface.counters.noBuffers += 1; return }
-        let base = interface.pool.bytes(p)
-        if let payload, seg.payloadLength > 0 { (base + header).copyMemory(from: payload, byteCount: seg.payloadLength) }
-        TCPSegment.emit(into: base, sourcePort: localPort, destinationPort: remote.port,
-                        sequenceNumber: seg.sequence.raw, acknowledgmentNumber: seg.acknowledgment.raw,
-                        flags: seg.flags, window: seg.window, options: seg.options,
-                        payloadLength: seg.payloadLength, source: interface.address, destination: remote.address,
-                        checksum: interface.fillChecksums)
-        p.length = UInt16(total)
-        segmentsSent += 1
-        interface.sendIPv4(p, to: remote.address, protocol: IPProtocol.tcp)
+        unmanagedInterface._withUnsafeGuaranteedRef { interface in
+            let header = TCPSegment.minimumHeaderLength + seg.options.encodedLength
+            let total = header + seg.payloadLength
+            guard var p = interface.pool.allocate(length: total) else { interface.counters.noBuffers += 1; return }
+            let base = interface.pool.bytes(p)
+            if let payload, seg.payloadLength > 0 { (base + header).copyMemory(from: payload, byteCount: seg.payloadLength) }
+            TCPSegment.emit(into: base, sourcePort: localPort, destinationPort: remote.port,
+                            sequenceNumber: seg.sequence.raw, acknowledgmentNumber: seg.acknowledgment.raw,
+                            flags: seg.flags, window: seg.window, options: seg.options,
+                            payloadLength: seg.payloadLength, source: interface.address, destination: remote.address,
+                            checksum: interface.fillChecksums)
+            p.length = UInt16(total)
+            segmentsSent += 1
+            interface.sendIPv4(p, to: remote.address, protocol: IPProtocol.tcp)
+        }
     }
 
     /// Advances the timers to `now` (milliseconds) and runs what expired.
