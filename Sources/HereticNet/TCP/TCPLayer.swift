@@ -232,7 +232,8 @@ public struct TCPConnection {
 
     @inlinable func acceptSYN(_ syn: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16) -> UInt32? {
         guard let make = makeHandler else { return nil }
-        var out: [TCPAction] = []
+        var out = layer.takeActions()
+        defer { layer.giveBack(&out) }
         let iss = layer.initialSequenceNumber(remote: remote, localPort: localPort)
         let tcb = TCB.accept(syn, iss: iss, now: layer.clock, receiveWindow: receiveWindow, out: &out)
         let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort, timer: nil, inUse: true))
@@ -258,7 +259,8 @@ public struct TCPConnection {
                             handler: H) -> UInt32 {
         var tcb = TCB()
         tcb.rcvWnd = receiveWindow
-        var out: [TCPAction] = []
+        var out = layer.takeActions()
+        defer { layer.giveBack(&out) }
         tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort), now: layer.clock,
                     timeoutMilliseconds: timeoutMilliseconds, out: &out)
         let slot = allocate(Slot(tcb: tcb, handler: handler, remote: remote, localPort: localPort, timer: nil, inUse: true))
@@ -577,6 +579,7 @@ public final class TCPLayer {
     /// Handler callbacks running now; connections opened inside one wait until it returns.
     @usableFromInline @exclusivity(unchecked) var callbackDepth = 0
     @usableFromInline @exclusivity(unchecked) var deferred: [() -> Void] = []
+    @usableFromInline @exclusivity(unchecked) var deferredSpare: [() -> Void] = []
     /// Drained send-queue buffers kept for reuse: idle connections own none, busy ones stop
     /// going to malloc for every message.
     @usableFromInline @exclusivity(unchecked) var spareBuffers: [[UInt8]] = []
@@ -663,11 +666,15 @@ public final class TCPLayer {
 
     /// Runs connects deferred by callbacks, once no callback is running.
     @usableFromInline func runDeferred() {
-        guard callbackDepth == 0 else { return }
+        guard callbackDepth == 0, !deferred.isEmpty else { return }
         while !deferred.isEmpty {
-            let work = deferred
-            deferred.removeAll()
+            // Two arrays trade places, so a connect per callback allocates no array.
+            var work = deferredSpare
+            deferredSpare = []
+            swap(&work, &deferred)
             for w in work { w() }
+            work.removeAll(keepingCapacity: true)
+            deferredSpare = work
         }
     }
 
@@ -805,7 +812,8 @@ public final class TCPLayer {
             a.queues[Int(slot)].closeRequested = true
             pump(ref)
         } else {
-            var out: [TCPAction] = []
+            var out = takeActions()
+            defer { giveBack(&out) }
             a.run(slot) { $0.close(now: clock, out: &out) }
             a.applyErased(slot, out)
         }
@@ -813,7 +821,8 @@ public final class TCPLayer {
 
     @usableFromInline func abort(_ ref: UInt64) {
         guard isLive(ref) else { return }
-        var out: [TCPAction] = []
+        var out = takeActions()
+        defer { giveBack(&out) }
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         a.run(slot) { $0.abort(out: &out) }
         a.applyErased(slot, out)
@@ -827,7 +836,8 @@ public final class TCPLayer {
 
     @usableFromInline func setIdleSettings(_ ref: UInt64, _ change: (inout TCB) -> Void) {
         guard isLive(ref) else { return }
-        var out: [TCPAction] = []
+        var out = takeActions()
+        defer { giveBack(&out) }
         let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
         a.run(slot) { tcb in
             change(&tcb)
@@ -1063,6 +1073,7 @@ public final class TCPLayer {
         }
         guard timers.count > 0 else { return }
         timers.advance(to: now, into: &expired)
+        guard !expired.isEmpty else { return }  // most turns: nothing due
         for ref in expired { arena(ref).timerFired(UInt32(truncatingIfNeeded: ref)) }
         expired.removeAll(keepingCapacity: true)
         runDeferred()
