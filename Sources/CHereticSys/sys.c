@@ -2,6 +2,9 @@
 #include "CHereticSys.h"
 
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -151,6 +154,23 @@ void *heretic_arena_map(size_t bytes, int huge) {
     madvise(aligned, bytes, MADV_HUGEPAGE);
 #endif
     return aligned;
+}
+
+size_t heretic_arena_release(void *address, size_t bytes) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t start = ((uintptr_t)address + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)address + bytes) & ~(page - 1);
+    if (end <= start) return 0;
+    if (madvise((void *)start, end - start, MADV_DONTNEED) != 0) return 0;
+    return end - start;
+}
+
+int heretic_heap_trim(void) {
+#ifdef __GLIBC__
+    return malloc_trim(0);
+#else
+    return 0;
+#endif
 }
 
 void heretic_arena_unmap(void *address, size_t bytes) { if (address) munmap(address, bytes); }

@@ -223,16 +223,21 @@ extension Bench {
         @Option(name: .customLong("conns"), help: "Connections to hold.") var connections = 100_000
         @Option(help: "Seconds of echo traffic after establishing.") var seconds = 5.0
         @Option(help: "loopback or balanced.") var layout = StackLayout.loopback
-        @Flag(help: "Then close every connection and report the memory that came back (slow at scale).") var close = false
+        @Flag(help: "Then close every connection and report the memory that came back.") var close = false
+        @Option(name: .customLong("in-flight"),
+                help: "Echo messages circulating over all the connections in turn (each echo sends the next message on the next connection).")
+        var inFlight = 16_384
         @OptionGroup var output: OutputOptions
 
         func validate() throws {
             if connections < 1 || connections > 4_000_000 { throw ValidationError("--conns must be between 1 and 4000000") }
+            if inFlight < 1 { throw ValidationError("--in-flight must be at least 1") }
             if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
         }
 
         func run() throws {
-            try report([try TCPHoldBenchmark(connections: connections, seconds: seconds, layout: layout, closeAll: close).run()], output)
+            try report([try TCPHoldBenchmark(connections: connections, seconds: seconds, layout: layout, closeAll: close,
+                                                  inFlight: inFlight).run()], output)
         }
     }
 }

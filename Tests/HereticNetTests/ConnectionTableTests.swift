@@ -38,4 +38,20 @@ struct ConnectionTableTests {
             #expect(table[k] == ((k >> 40) % 3 == 0 ? nil : UInt64(i)))
         }
     }
+
+    @Test("grows for a crowd, shrinks back when it leaves, and stays correct throughout")
+    func shrinks() {
+        var table = ConnectionTable(capacity: 8)
+        var rng = SplitMix64(seed: 5)
+        let keys = (0..<200_000).map { _ in rng.next() | 1 }
+        for (i, k) in keys.enumerated() { table[k] = UInt64(i) }
+        let grown = table.capacity
+        #expect(grown >= 400_000)
+        for (i, k) in keys.enumerated() where i % 100 != 0 { table[k] = nil }
+        #expect(table.count == 2000)
+        #expect(table.capacity <= 16_384, "the table shrank with the crowd (was \(grown) slots)")
+        for (i, k) in keys.enumerated() { #expect(table[k] == (i % 100 == 0 ? UInt64(i) : nil)) }
+        for (i, k) in keys.enumerated() where i % 100 == 0 { table[k] = nil }
+        #expect(table.count == 0 && table.capacity == 2048)
+    }
 }

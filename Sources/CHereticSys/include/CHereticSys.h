@@ -43,6 +43,11 @@ double heretic_steal_seconds(void);
 /// with transparent huge pages requested when `huge` is non-zero. NULL on failure.
 void *heretic_arena_map(size_t bytes, int huge);
 void heretic_arena_unmap(void *address, size_t bytes);
+/// Gives the pages wholly inside [address, address + bytes) back to the kernel (they read as
+/// zeros when touched again). Returns the bytes released.
+size_t heretic_arena_release(void *address, size_t bytes);
+/// Returns free heap memory to the kernel (glibc's malloc_trim); 0 where unavailable.
+int heretic_heap_trim(void);
 
 /// A one-shot latch a foreign thread can block on until a core opens it.
 typedef struct heretic_latch heretic_latch;

@@ -109,5 +109,9 @@ public final class FaultInjector: NetworkDevice {
         }
         held.removeFirst(n)
         inner.transmit(&staging, pool: pool)
+        // A link that is full drops what it could not take (it is a lossy link anyway).
+        dropped += staging.count
+        for p in staging { pool.release(p) }
+        staging.removeAll(keepingCapacity: true)
     }
 }

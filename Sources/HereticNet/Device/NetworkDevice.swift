@@ -23,6 +23,9 @@ public protocol NetworkDevice: AnyObject {
     /// Appends up to `limit` received frames to `frames`, allocated from `pool`; returns how
     /// many. Frames the pool has no room for stay in the device or are dropped and counted.
     func receive(into frames: inout [Packet], limit: Int, pool: PacketPool) -> Int
-    /// Takes the frames (buffers of `pool`) for sending and releases their buffers.
+    /// Sends what it can of `frames` (buffers of `pool`), in order, releasing their buffers,
+    /// and leaves the ones it cannot take now (a full transmit queue) in `frames`, first
+    /// untaken first, for the caller to offer again: backpressure instead of a silent drop.
+    /// Callers bound how many they keep waiting.
     func transmit(_ frames: inout [Packet], pool: PacketPool)
 }

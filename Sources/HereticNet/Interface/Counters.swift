@@ -28,6 +28,8 @@ public struct InterfaceCounters: Equatable, Sendable {
     public var icmpUnreachableSent = 0
     /// No packet buffer was free.
     public var noBuffers = 0
+    /// Frames dropped because the device's transmit queue stayed full for a whole backlog.
+    public var transmitDrops = 0
 
     public init() {}
 

@@ -10,6 +10,9 @@ public struct InterfaceConfiguration: Sendable {
     public var arpMaxRequests = 3
     /// Frames taken from the device per poll.
     public var receiveBatch = 64
+    /// Frames that may wait for room in the device's transmit queue; beyond them, new frames
+    /// are dropped and counted (`transmitDrops`), and TCP retransmits.
+    public var transmitBacklog = 16_384
 
     public init(mac: MACAddress, address: IPv4Address, prefixLength: Int = 24, gateway: IPv4Address? = nil) {
         self.mac = mac
@@ -37,6 +40,7 @@ public final class Interface {
     @exclusivity(unchecked) var tx: [Packet] = []
     /// The time of the current poll, in milliseconds.
     @exclusivity(unchecked) public private(set) var now: UInt64 = 0
+    @exclusivity(unchecked) var nextPoolTrim: UInt64 = 0
     let verifyChecksums: Bool
     /// False when the device fills in transmit checksums (or its link needs none).
     @usableFromInline let fillChecksums: Bool
@@ -131,7 +135,14 @@ public final class Interface {
         tcpLayer?.tick(now: now)
         if !rx.isEmpty { rx.removeAll(keepingCapacity: true) }
         let n = device.receive(into: &rx, limit: configuration.receiveBatch, pool: pool)
-        if n == 0 && tx.isEmpty && arp.waiting.isEmpty { return 0 }  // the common idle turn
+        if n == 0 && tx.isEmpty && arp.waiting.isEmpty {  // the common idle turn
+            // Once a second at most, an idle pool that was busy gives its pages back.
+            if now >= nextPoolTrim {
+                nextPoolTrim = now + 1000
+                if pool.inUse * 16 < pool.capacity && pool.touched - pool.inUse > 4096 { pool.trim() }
+            }
+            return 0
+        }
         counters.framesReceived += n
         for frame in rx { handleFrame(frame) }
         retryARP()
@@ -140,11 +151,13 @@ public final class Interface {
         return n + sent
     }
 
+    /// Offers the frames of this turn to the device; what its full queue cannot take now
+    /// waits in `tx` for the next turn.
     func flush() {
         guard !tx.isEmpty else { return }
-        counters.framesSent += tx.count
+        let offered = tx.count
         device.transmit(&tx, pool: pool)
-        tx.removeAll(keepingCapacity: true)
+        counters.framesSent += offered - tx.count
     }
 
     // MARK: Receive path
@@ -338,6 +351,10 @@ public final class Interface {
         p.offset -= 14
         p.length += 14
         EthernetFrame.emit(into: pool.bytes(p), destination: destinationMAC, source: mac, etherType: EtherType.ipv4)
+        guard tx.count < configuration.transmitBacklog else {
+            counters.transmitDrops += 1
+            return pool.release(p)
+        }
         tx.append(p)
     }
 

@@ -31,6 +31,9 @@ public final class PacketPool {
     @usableFromInline let base: UnsafeMutableRawPointer
     @usableFromInline let free: UnsafeMutablePointer<UInt32>
     @exclusivity(unchecked) @usableFromInline var freeCount: Int
+    /// One past the highest buffer handed out since the last `trim`: pages below it may be
+    /// resident.
+    @exclusivity(unchecked) @usableFromInline var touched = 0
     public let capacity: Int
     private let mappedBytes: Int
 
@@ -63,7 +66,9 @@ public final class PacketPool {
         guard freeCount > 0 else { return nil }
         precondition(Int(headroom) + length <= Self.bufferSize, "Heretic: packet of \(length) bytes does not fit")
         freeCount -= 1
-        return Packet(buffer: free[freeCount], offset: headroom, length: UInt16(length))
+        let b = free[freeCount]
+        if Int(b) >= touched { touched = Int(b) + 1 }
+        return Packet(buffer: b, offset: headroom, length: UInt16(length))
     }
 
     /// Returns a packet's buffer to the pool.
@@ -82,6 +87,28 @@ public final class PacketPool {
 
     /// A copy of `length` bytes at `source` in a new packet; nil when the pool is exhausted
     /// or the bytes cannot fit.
+    /// Gives back to the kernel the pages of free buffers above the highest one in use, and
+    /// reorders the free list so that allocation starts from the lowest buffers again: after
+    /// a burst (a million messages in flight), the pool's resident memory shrinks to what is
+    /// in use. O(free buffers); call it when the pool is mostly idle. Returns bytes released.
+    @discardableResult
+    public func trim() -> Int {
+        guard touched > 0 else { return 0 }
+        // Highest indices first, so the lowest end up on top of the stack.
+        var stack = UnsafeMutableBufferPointer(start: free, count: freeCount)
+        stack.sort(by: >)
+        var highestInUse = capacity - 1, k = 0
+        while k < freeCount && Int(free[k]) == highestInUse {
+            k += 1
+            highestInUse -= 1
+        }
+        let from = highestInUse + 1
+        guard from < touched else { return 0 }
+        let released = heretic_arena_release(base + from * Self.bufferSize, (touched - from) * Self.bufferSize)
+        touched = from
+        return released
+    }
+
     public func copy(from source: UnsafeRawPointer, length: Int) -> Packet? {
         guard length <= Self.bufferSize - Int(Self.headroom), let p = allocate(length: length) else { return nil }
         bytes(p).copyMemory(from: source, byteCount: length)

@@ -151,57 +151,69 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
     }
 
     public func transmit(_ frames: inout [Packet], pool: PacketPool) {
-        for f in frames {
+        var taken = 0
+        while taken < frames.count {
+            let f = frames[taken]
             let bytes = pool.bytes(f)
-            guard f.length >= 14 else { pool.release(f); framesDropped += 1; continue }
+            guard f.length >= 14 else { pool.release(f); framesDropped += 1; taken += 1; continue }
             let source = MACAddress.load(bytes, 6)
             if owner.lookup(source) != index { owner.learn(source, port: index) }
             let destination = MACAddress.load(bytes, 0)
             if !destination.isMulticast, let to = owner.lookup(destination) {
                 if to != index {
-                    owner.port(to)._withUnsafeGuaranteedRef { forward(f, to: $0, consume: true) }
+                    // A full queue towards the port: the rest waits with the sender.
+                    guard owner.port(to)._withUnsafeGuaranteedRef({ forward(f, to: $0, consume: true) }) else { break }
                 } else {
                     pool.release(f)
                 }
             } else {
-                // Flood: every other port gets a copy; the original goes to the last one.
+                // Flood: every other port gets a copy (dropped where a queue is full); the
+                // original goes to the last one.
                 let targets = (0..<owner.portCount).filter { $0 != index }
                 if targets.isEmpty { pool.release(f) }
                 for (k, t) in targets.enumerated() {
-                    owner.port(t)._withUnsafeGuaranteedRef { forward(f, to: $0, consume: k == targets.count - 1) }
+                    let last = k == targets.count - 1
+                    let sent = owner.port(t)._withUnsafeGuaranteedRef { forward(f, to: $0, consume: last) }
+                    if !sent {
+                        framesDropped += 1
+                        if last { pool.release(f) }
+                    }
                 }
             }
+            taken += 1
         }
-        frames.removeAll(keepingCapacity: true)
+        if taken == frames.count {
+            frames.removeAll(keepingCapacity: true)
+        } else {
+            frames.removeFirst(taken)
+        }
         if !touched.isEmpty {
             for ring in touched { ring.publish() }
             touched.removeAll(keepingCapacity: true)
         }
     }
 
-    private func forward(_ f: Packet, to port: SwitchPort, consume: Bool) {
-        framesForwarded += 1
+    /// Hands `f` to `port`'s queue; false (and `f` untouched, still the caller's) when that
+    /// queue is full. With `consume`, a forwarded frame's buffer is released or moved.
+    private func forward(_ f: Packet, to port: SwitchPort, consume: Bool) -> Bool {
         if port.core == core {
             var p = f
             if !consume {
-                guard let copy = pool.copy(from: pool.bytes(f), length: Int(f.length)) else {
-                    framesDropped += 1
-                    return
-                }
+                guard let copy = pool.copy(from: pool.bytes(f), length: Int(f.length)) else { return false }
                 p = copy
             }
-            if !port.local.push(p) {
-                framesDropped += 1
-                pool.release(p)
+            guard port.local.push(p) else {
+                if !consume { pool.release(p) }
+                return false
             }
-            return
+            framesForwarded += 1
+            return true
         }
         let ring = outboundRings[port.index].unsafelyUnwrapped
-        if ring.write(pool.bytes(f), length: Int(f.length)) {
-            if !touched.contains(where: { $0 === ring }) { touched.append(ring) }
-        } else {
-            framesDropped += 1
-        }
+        guard ring.write(pool.bytes(f), length: Int(f.length)) else { return false }
+        if !touched.contains(where: { $0 === ring }) { touched.append(ring) }
+        framesForwarded += 1
         if consume { pool.release(f) }
+        return true
     }
 }

@@ -70,7 +70,10 @@
 
     /// Drops the elements from `n` on, and gives back the chunks no element uses any more
     /// (keeping one spare, so a count that hovers at a chunk boundary does not churn).
-    @usableFromInline func truncate(to n: Int) {
+    /// Returns whether chunks went back.
+    @discardableResult
+    @usableFromInline func truncate(to n: Int) -> Bool {
+        let chunksBefore = chunkCount
         precondition(n >= 0 && n <= count, "Heretic: ChunkedStore truncated past its end")
         var i = n
         while i < count {
@@ -89,5 +92,6 @@
             chunkCount -= 1
             table[chunkCount].deallocate()
         }
+        return chunkCount < chunksBefore
     }
 }

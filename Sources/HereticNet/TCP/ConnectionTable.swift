@@ -74,15 +74,27 @@ struct ConnectionTable {
         }
         keys[hole] = 0
         count -= 1
+        // Shrink once an eighth full (then a quarter full: no flapping at one boundary), so
+        // a crowd of connections that has gone gives its table back.
+        if mask + 1 > minimumCapacity && count * 8 < mask + 1 { rehash(capacity: (mask + 1) / 2) }
     }
 
-    private mutating func grow() {
+    private mutating func grow() { rehash(capacity: (mask + 1) * 2) }
+
+    /// Slots of the smallest table: shrinking stops here.
+    private var minimumCapacity: Int { 2048 }
+
+    private mutating func rehash(capacity c: Int) {
         let oldKeys = keys, oldValues = values
-        let c = (mask + 1) * 2
+        keys = []  // the old arrays go as soon as the copies above do
+        values = []
         keys = Array(repeating: 0, count: c)
         values = Array(repeating: 0, count: c)
         mask = c - 1
         count = 0
-        for (k, v) in zip(oldKeys, oldValues) where k != 0 { insert(k, v) }
+        for i in oldKeys.indices where oldKeys[i] != 0 { insert(oldKeys[i], oldValues[i]) }
     }
+
+    /// Slots allocated (for tests and memory accounting).
+    var capacity: Int { mask + 1 }
 }

@@ -1,4 +1,5 @@
 import HereticCore
+import CHereticSys
 
 public typealias TCPEndpoint = Endpoint
 
@@ -135,7 +136,8 @@ public struct TCPConnection {
     @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var acceptCookie: (TCPSegmentInfo, TCPEndpoint, UInt16, UInt16) -> UInt32? = { _, _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
-    @usableFromInline @exclusivity(unchecked) var trim: () -> Void = {}
+    /// Trims the freed tail; true when memory went back.
+    @usableFromInline @exclusivity(unchecked) var trim: () -> Bool = { false }
     @usableFromInline var trimWanted = false
     /// For a SYN that may reuse a TIME-WAIT 4-tuple: whether the slot is in TIME-WAIT with an
     /// older receive sequence than `sequence`, and if so, forgets it.
@@ -508,18 +510,19 @@ public struct TCPConnection {
 
     /// Gives back the free slots at the end of the arena, and the chunks that held them: after
     /// a crowd of connections has gone, the process shrinks again.
-    @inlinable func trimTail() {
+    @inlinable func trimTail() -> Bool {
         trimWanted = false
         var n = slots.count
         while n > 0 && !slots[n - 1].inUse { n -= 1 }
-        guard n < slots.count else { return }
-        slots.truncate(to: n)
+        guard n < slots.count else { return false }
+        let released = slots.truncate(to: n)
         queues.truncate(to: n)
         // Free-list entries past the end are skipped when popped; drop them in bulk once
         // they are most of the list, so its memory goes too.
         if free.count > 4096 && n * 2 < free.count {
             free = free.filter { Int($0) < n }
         }
+        return released
     }
 
     /// Whether the connection in `slot` sits in TIME-WAIT (and may give way to a new SYN).
@@ -623,6 +626,7 @@ public final class TCPLayer {
 
     /// Work for the next tick (refusals), run once per tick.
     @usableFromInline @exclusivity(unchecked) var nextTick: [() -> Void] = []
+    @exclusivity(unchecked) var lastHeapTrim: UInt32 = 0
     /// Segments built, for ACK coalescing (any segment carries the current ACK).
     @usableFromInline @exclusivity(unchecked) var segmentsSent = 0
 
@@ -1068,8 +1072,15 @@ public final class TCPLayer {
         }
         if delayedHead < delayedAcks.count { flushDelayedAcks() }
         if !trimWanted.isEmpty {
-            for a in trimWanted { a.trim() }
+            var released = false
+            for a in trimWanted { released = a.trim() || released }
             trimWanted.removeAll()
+            // Chunks of slots went back to the heap: hand free heap pages to the kernel too
+            // (at most once a second; glibc keeps freed memory otherwise).
+            if released && clock &- lastHeapTrim >= 1000 {
+                lastHeapTrim = clock
+                heretic_heap_trim()
+            }
         }
         guard timers.count > 0 else { return }
         timers.advance(to: now, into: &expired)

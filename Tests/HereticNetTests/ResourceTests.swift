@@ -136,3 +136,60 @@ struct InterfaceLifetimeTests {
         #expect(layerA == nil && layerB == nil, "arenas hold their layer strongly; the interface's deinit breaks that")
     }
 }
+
+@Suite("Transmit backpressure")
+struct BackpressureTests {
+    @Test("a full device queue holds frames in the interface's backlog; beyond it they are dropped and counted")
+    func backlog() throws {
+        // A switch queue of 8 frames towards b, and nobody polling b: a's frames back up.
+        let net = VirtualSwitch(ringCapacity: 8), pool = PacketPool(capacity: 256)
+        var config = InterfaceConfiguration(mac: macA, address: hostA)
+        config.transmitBacklog = 16
+        let a = Interface(device: net.makePort(core: 0, pool: pool), pool: pool, configuration: config)
+        let b = Interface(device: net.makePort(core: 0, pool: pool), pool: pool, configuration: .init(mac: macB, address: hostB))
+        let inbox = Inbox()
+        try b.bindUDP(port: 7, CollectHandler(inbox: inbox))
+        // Resolve ARP first.
+        _ = [UInt8](repeating: 1, count: 8).withUnsafeBytes { a.sendUDP($0, from: 9, to: UDPEndpoint(hostB, 7)) }
+        for t in 0..<4 { _ = a.poll(now: UInt64(t)); _ = b.poll(now: UInt64(t)) }
+        #expect(inbox.datagrams.count == 1)
+        let sentBefore = a.counters.framesSent
+        for i in 0..<40 {
+            _ = [UInt8](repeating: UInt8(i), count: 8).withUnsafeBytes { a.sendUDP($0, from: 9, to: UDPEndpoint(hostB, 7)) }
+        }
+        _ = a.poll(now: 10)
+        #expect(a.counters.transmitDrops == 24, "a backlog of 16 kept 16 of 40")
+        #expect(a.counters.framesSent - sentBefore == 8, "the switch queue took 8")
+        for t in 11..<20 { _ = b.poll(now: UInt64(t)); _ = a.poll(now: UInt64(t)) }
+        #expect(inbox.datagrams.count == 17, "the 16 kept arrived, in order, after the first")
+        #expect(inbox.datagrams.dropFirst().map { $0.1[0] } == (0..<16).map(UInt8.init))
+    }
+}
+
+@Suite("Packet pool trim")
+struct PacketPoolTrimTests {
+    @Test("after a burst, free buffers above the highest in use go back; the ones in use keep their bytes")
+    func trim() {
+        let pool = PacketPool(capacity: 4096)
+        var held: [Packet] = []
+        for i in 0..<3000 {
+            let p = pool.allocate(length: 4)!
+            pool.bytes(p).storeBytes(of: UInt32(i), as: UInt32.self)
+            held.append(p)
+        }
+        // Keep every 100th of the first 1000, free the rest (as after a burst).
+        let kept = held.enumerated().filter { $0.offset < 1000 && $0.offset % 100 == 0 }
+        for (i, p) in held.enumerated() where !(i < 1000 && i % 100 == 0) { pool.release(p) }
+        #expect(pool.inUse == 10)
+        let released = pool.trim()
+        #expect(released >= 2000 * PacketPool.bufferSize - 8192, "the pages of about 2,000 buffers went back")
+        #expect(pool.trim() == 0, "nothing more to give back")
+        for (i, p) in kept { #expect(pool.bytes(p).load(as: UInt32.self) == UInt32(i)) }
+        // Allocation starts from the lowest free buffers again.
+        let next = pool.allocate(length: 4)!
+        #expect(next.buffer == 1)
+        pool.release(next)
+        for (_, p) in kept { pool.release(p) }
+        #expect(pool.inUse == 0)
+    }
+}
