@@ -13,6 +13,9 @@ struct TCPEchoStats {
     var mismatches: UInt64 = 0
     var closedEarly = 0
     var measuring = false
+    /// Connections start their loop when connected (small rows), or all together once every
+    /// connection is up (the million row: its handshakes are not crowded out by echoes).
+    var startOnConnect = true
     /// Round trips in microseconds (one clock read per message: the issue asks for latency).
     var rtt = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000,
                                 numberOfSignificantValueDigits: .three)
@@ -30,7 +33,7 @@ struct TCPEchoServer: TCPHandler {
 struct TCPEchoClient: TCPHandler {
     let stats: UnsafeMutablePointer<TCPEchoStats>
     let stop: UnsafeAtomic<Bool>
-    let flow: UInt32
+    var flow: UInt32 = 0
     let size: Int
     var sequence: UInt32 = 0
     var got = 0
@@ -44,9 +47,21 @@ struct TCPEchoClient: TCPHandler {
         sendMessage(&connection, flow: flow, sequence: sequence, size: size)
     }
 
+    /// A connection's flow number, from its ports: the client and whoever starts it agree.
+    static func flow(of connection: TCPConnection) -> UInt32 {
+        UInt32(connection.localPort) | UInt32(connection.remote.port) << 16
+    }
+
     mutating func connected(_ connection: inout TCPConnection) {
         stats.pointee.connected += 1
-        sendNext(&connection)
+        flow = Self.flow(of: connection)
+        if stats.pointee.startOnConnect { sendNext(&connection) }
+    }
+
+    /// The first message of a connection that did not start on connect (sequence 0, sent
+    /// from outside the handler, so no RTT sample for it).
+    static func start(_ connection: inout TCPConnection, size: Int) {
+        sendMessage(&connection, flow: flow(of: connection), sequence: 0, size: size)
     }
 
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
@@ -55,7 +70,7 @@ struct TCPEchoClient: TCPHandler {
         got += data.count
         guard got >= size else { return }
         if ok && got == size { stats.pointee.echoes &+= 1 } else { stats.pointee.mismatches &+= 1 }
-        if stats.pointee.measuring {
+        if stats.pointee.measuring && sentAt != 0 {
             _ = stats.pointee.rtt.record((MonotonicClock.nanoseconds() - sentAt) / 1000)
         }
         if stop.load(ordering: .relaxed) { return }
@@ -79,27 +94,65 @@ public struct TCPEchoBenchmark {
     }
 
     public func run() throws -> BenchResult {
-        guard connections >= 1, connections <= 16_000 else {
-            throw BenchError("--conns must be between 1 and 16000 for now (one client address, ephemeral ports)")
+        guard connections >= 1, connections <= 4_000_000 else {
+            throw BenchError("--conns must be between 1 and 4000000")
         }
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
-        let pair = try SwitchedPair(layout: layout)
+        // One address pair offers 16,384 ephemeral ports: one server port per 16,000
+        // connections. Large rows open in batches and start their loops once all are up.
+        let perPort = 16_000
+        let large = connections > perPort
+        let pair = try SwitchedPair(layout: layout, ringCapacity: large ? 16_384 : 4096)
         defer { pair.shutdown() }
         let stats = UnsafeMutablePointer<TCPEchoStats>.allocate(capacity: 1)
         stats.initialize(to: TCPEchoStats())
         let stop = UnsafeAtomic<Bool>.create(false)
         defer { stats.deinitialize(count: 1); stats.deallocate(); stop.destroy() }
         let shared = Unchecked((stats, stop))
-        try pair.start { try $0.listenTCP(port: 7) { TCPEchoServer() } }
         let (conns, size) = (connections, self.size)
-        let server = TCPEndpoint(SwitchedPair.serverAddress, 7)
-        try pair.onClient { _ in
-            for f in 0..<conns {
-                pair.client.connectTCP(to: server, TCPEchoClient(stats: shared.value.0, stop: shared.value.1,
-                                                                 flow: UInt32(f), size: size))
+        let serverPorts = (conns + perPort - 1) / perPort
+        try pair.start { iface in
+            for p in 0..<serverPorts { try iface.listenTCP(port: UInt16(7 + p)) { TCPEchoServer() } }
+        }
+        try pair.onClient { _ in shared.value.0.pointee.startOnConnect = !large }
+        var opened = 0
+        while opened < conns {
+            let batch = min(2000, conns - opened), first = opened
+            try pair.onClient { _ in
+                for i in first..<(first + batch) {
+                    pair.client.connectTCP(to: TCPEndpoint(SwitchedPair.serverAddress, UInt16(7 + i / perPort)),
+                                           TCPEchoClient(stats: shared.value.0, stop: shared.value.1, size: size))
+                }
+            }
+            opened += batch
+            let target = opened - (large ? 2000 : 0)
+            try pair.waitOnClient("connections did not establish", seconds: 300) { _ in
+                shared.value.0.pointee.connected + shared.value.0.pointee.closedEarly >= target
             }
         }
-        try pair.waitOnClient("connections did not establish") { _ in shared.value.0.pointee.connected >= conns }
+        try pair.waitOnClient("connections did not establish", seconds: 300) { _ in
+            shared.value.0.pointee.connected + shared.value.0.pointee.closedEarly >= conns
+        }
+        if large {
+            // Every connection sends its first message, in batches the queues absorb.
+            let list = try pair.onClient { _ -> Unchecked<UnsafeMutablePointer<[TCPConnection]>> in
+                let p = UnsafeMutablePointer<[TCPConnection]>.allocate(capacity: 1)
+                p.initialize(to: [])
+                pair.client.tcp.forEachConnection { p.pointee.append($0) }
+                return Unchecked(p)
+            }
+            defer { list.value.deinitialize(count: 1); list.value.deallocate() }
+            let total = try pair.onClient { _ in list.value.pointee.count }
+            var started = 0
+            while started < total {
+                let from = started, to = min(total, started + 4000)
+                try pair.onClient { _ in for i in from..<to { TCPEchoClient.start(&list.value.pointee[i], size: size) } }
+                started = to
+                try pair.waitOnClient("first echoes did not come back", seconds: 300) { _ in
+                    Int(shared.value.0.pointee.echoes) + 16_000 >= to
+                }
+            }
+        }
         let (startEchoes, start) = try pair.onClient { _ -> (UInt64, UInt64) in
             shared.value.0.pointee.measuring = true
             return (shared.value.0.pointee.echoes, MonotonicClock.nanoseconds())

@@ -175,20 +175,22 @@ extension Bench {
         static let configuration = CommandConfiguration(
             commandName: "tcp-echo",
             abstract: "Long TCP connections through the virtual switch, each looping: send 150 bytes, wait for the echo.",
-            discussion: "With no --conns, runs the brief's row: 1, 8, 32, 64, 128 and 256 connections. (The brief's 1 M connections need the compact connection table still to come.)")
+            discussion: "With no --conns, runs the brief's row: 1, 8, 32, 64, 128, 256 and 1,000,000 connections (--max-conns lowers the last).")
         @Option(help: "loopback (client and server stacks on one core) or balanced (one core each).")
         var layout = StackLayout.loopback
         @Option(name: .customLong("conns"), help: "Concurrent connections.") var connections: Int?
         @Option(help: "Seconds per row.") var seconds = 3.0
+        @Option(name: .customLong("max-conns"), help: "The largest row of the default run.") var maxConnections = 1_000_000
         @OptionGroup var output: OutputOptions
 
         func validate() throws {
-            if let c = connections, c < 1 || c > 16_000 { throw ValidationError("--conns must be between 1 and 16000") }
+            if let c = connections, c < 1 || c > 4_000_000 { throw ValidationError("--conns must be between 1 and 4000000") }
+            if maxConnections < 1 || maxConnections > 4_000_000 { throw ValidationError("--max-conns must be between 1 and 4000000") }
             if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
         }
 
         func run() throws {
-            let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
+            let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256, maxConnections]
             try report(try rows.map { try TCPEchoBenchmark(layout: layout, connections: $0, seconds: seconds).run() }, output)
         }
     }
