@@ -193,3 +193,15 @@ struct PacketPoolTrimTests {
         #expect(pool.inUse == 0)
     }
 }
+
+@Suite("Connection state size")
+struct ConnectionStateSizeTests {
+    struct NoState: TCPHandler {}
+
+    @Test("an idle connection's stack state (slot and send queue) fits in 128 bytes")
+    func fits() {
+        let slot = MemoryLayout<TCPArena<NoState>.Slot>.stride
+        let queue = MemoryLayout<SendQueue>.stride
+        #expect(slot + queue <= 128, "slot \(slot) + send queue \(queue) bytes")
+    }
+}
