@@ -314,6 +314,31 @@ struct TCBTests {
         #expect(o.last == .closed(.timedOut))
     }
 
+    @Test("data past a hole is stashed (bounded by the window) and acknowledged at once; reassembly advances RCV.NXT")
+    func outOfOrder() {
+        var (_, server) = connectedPair()
+        server.rcvWnd = 3000
+        let start = server.rcvNxt
+        var o: [TCPAction] = []
+        let later = TCPSegmentInfo(sequence: start + 1000, acknowledgment: server.sndNxt, flags: .ack,
+                                   window: 65_535, payloadLength: 1000)
+        server.segmentArrived(later, now: 2, out: &o)
+        #expect(o == [.stash(offset: 0, length: 1000, sequence: start + 1000), .acknowledge], "kept, and a duplicate ACK")
+        #expect(server.rcvNxt == start)
+        o = []
+        let beyond = TCPSegmentInfo(sequence: start + 2500, acknowledgment: server.sndNxt, flags: .ack,
+                                    window: 65_535, payloadLength: 1000)
+        server.segmentArrived(beyond, now: 2, out: &o)
+        #expect(o.first == .stash(offset: 0, length: 500, sequence: start + 2500), "cut at the window's edge")
+        o = []
+        let first = TCPSegmentInfo(sequence: start, acknowledgment: server.sndNxt, flags: .ack,
+                                   window: 65_535, payloadLength: 1000)
+        server.segmentArrived(first, now: 3, out: &o)
+        #expect(o.contains(.deliver(offset: 0, length: 1000)) && server.rcvNxt == start + 1000)
+        server.reassembled(1000, now: 3)
+        #expect(server.rcvNxt == start + 2000 && server.ackSegment(now: 3).acknowledgment == start + 2000)
+    }
+
     @Test("abort sends RST and closes; the control block stays within 128 bytes")
     func abortAndSize() {
         var (client, _) = connectedPair()

@@ -49,6 +49,10 @@ public enum TCPAction: Equatable, Sendable {
     case resendData(TCPSegmentInfo)
     /// `length` in-order bytes at `offset` of the segment's payload are the application's.
     case deliver(offset: Int, length: Int)
+    /// Out-of-order data: the `length` bytes at `offset` of the payload belong at `sequence`,
+    /// past a hole. The owner keeps a copy and hands it over (`reassembled`) once the hole
+    /// fills; the control block itself keeps no data.
+    case stash(offset: Int, length: Int, sequence: SequenceNumber)
     case connected
     /// The peer sent FIN: no more data will come.
     case peerClosed
@@ -709,9 +713,19 @@ public struct TCB: Sendable, Equatable {
             return
         default: break
         }
-        // Seventh: segment text, in order only (out-of-order data is left for retransmission).
+        // Seventh: segment text. Data past a hole is stashed by the owner (without its FIN,
+        // which the peer sends again) and acknowledged at once: the duplicate ACK that starts
+        // the peer's fast retransmit of the hole.
         var advanced = false
         if seg.payloadLength > 0, state == .established || state == .finWait1 || state == .finWait2 {
+            if seg.sequence > rcvNxt {
+                let room = Int(rcvWnd) - (seg.sequence - rcvNxt)
+                if room > 0 {
+                    out.append(.stash(offset: 0, length: min(seg.payloadLength, room), sequence: seg.sequence))
+                }
+                ack(now: now, out: &out)
+                return
+            }
             if seg.sequence <= rcvNxt {
                 let skip = rcvNxt - seg.sequence
                 let fresh = seg.payloadLength - skip
@@ -747,6 +761,15 @@ public struct TCB: Sendable, Equatable {
             return
         }
         if advanced { out.append(.acknowledgeDelayed) }
+    }
+
+    /// The owner delivered `length` stashed bytes that continue the stream at RCV.NXT (a hole
+    /// filled). It acknowledges at once (RFC 5681 4.2: an ACK for a segment that fills a gap
+    /// is not delayed).
+    public mutating func reassembled(_ length: Int, now: UInt32) {
+        guard length > 0, state == .established || state == .finWait1 || state == .finWait2 else { return }
+        rcvNxt = rcvNxt + length
+        lastActive = now
     }
 
     // MARK: Congestion control (RFC 5681, RFC 6582)

@@ -107,6 +107,8 @@ public struct TCPConnection {
     @inlinable var noDelay: Bool { get { flag(2) } set { set(2, newValue) } }
     /// Received data waits for a delayed ACK (in the layer's delayed-ACK queue).
     @inlinable var ackOwed: Bool { get { flag(4) } set { set(4, newValue) } }
+    /// Out-of-order data waits in the layer's reassembly store.
+    @inlinable var hasStash: Bool { get { flag(8) } set { set(8, newValue) } }
 
     @usableFromInline var pending: Int { bytes.count - acked }
     /// Nothing queued, nothing owed: the queue holds no memory.
@@ -287,6 +289,8 @@ public struct TCPConnection {
         if advanced > 0 { acknowledged(slot, advanced) }
         apply(slot, out, payload: payload)
         guard slots[Int(slot)].inUse else { return }
+        if queues[Int(slot)].hasStash { drainStash(slot) }
+        guard slots[Int(slot)].inUse else { return }
         pump(slot)
         if advanced > 0 && wasAbove && queues[Int(slot)].pending < TCPLayer.writableThreshold
             && slots[Int(slot)].tcb.canSendData {
@@ -306,6 +310,45 @@ public struct TCPConnection {
         slots[Int(slot)].tcb.timerFired(now: layer.clock, unsent: max(0, unsent), out: &out)
         apply(slot, out, payload: nil)
         if slots[Int(slot)].inUse { pump(slot) }
+    }
+
+    /// Hands the application the stashed data that now continues the stream (a hole was
+    /// filled), acknowledging at once; keeps what still lies past a hole.
+    @inlinable func drainStash(_ slot: UInt32) {
+        let s = Int(slot), r = ref(slot)
+        guard var stash = layer.reassembly.removeValue(forKey: r) else {
+            queues[s].hasStash = false
+            return
+        }
+        layer.reassemblyBytes -= stash.bytes
+        var delivered = false, i = 0
+        while i < stash.segments.count, slots[s].inUse {
+            let rcvNxt = slots[s].tcb.rcvNxt
+            let (sequence, bytes) = stash.segments[i]
+            if sequence > rcvNxt { break }  // still behind a hole
+            i += 1
+            let skip = rcvNxt - sequence
+            guard bytes.count > skip else { continue }  // all of it came in order meanwhile
+            slots[s].tcb.reassembled(bytes.count - skip, now: layer.clock)
+            layer.reassembledCount += 1
+            delivered = true
+            bytes.withUnsafeBytes { b in
+                var c = connection(slot)
+                layer.callbackDepth += 1
+                slots[s].handler.received(UnsafeRawBufferPointer(rebasing: b[skip...]), &c)
+                layer.callbackDepth -= 1
+            }
+        }
+        guard slots[s].inUse else { return }
+        stash.segments.removeFirst(i)
+        if stash.segments.isEmpty {
+            queues[s].hasStash = false
+        } else {
+            stash.bytes = stash.segments.reduce(0) { $0 + $1.bytes.count }
+            layer.reassemblyBytes += stash.bytes
+            layer.reassembly[r] = stash
+        }
+        if delivered { emit(slot, slots[s].tcb.ackSegment(now: layer.clock), payload: nil) }
     }
 
     // MARK: The send path (typed, so a message goes out without erased calls)
@@ -430,6 +473,11 @@ public struct TCPConnection {
             case .resendData(let seg):
                 layer.retransmitCount += 1
                 emitData(slot, seg)
+            case .stash(let offset, let length, let sequence):
+                guard let p = payload else { continue }
+                if layer.stash(r, sequence, UnsafeRawBufferPointer(start: p + offset, count: length)) {
+                    queues[Int(slot)].hasStash = true
+                }
             case .deliver(let offset, let length):
                 guard let p = payload else { continue }
                 var c = connection(slot)
@@ -727,7 +775,54 @@ public final class TCPLayer {
     @usableFromInline func unregister(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
         let k = Self.key(remote, localPort)
         if table[k] == ref { table[k] = nil }
-        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].reset()
+        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
+        if a.queues[slot].hasStash, let stash = reassembly.removeValue(forKey: ref) {
+            reassemblyBytes -= stash.bytes
+        }
+        a.queues[slot].reset()
+    }
+
+    // MARK: Reassembly
+
+    /// Out-of-order data of one connection, in sequence order (overlaps are trimmed when
+    /// delivered). Exists only while a connection has a hole: lazy, like the send queues.
+    @usableFromInline struct Reassembly {
+        @usableFromInline var segments: [(sequence: SequenceNumber, bytes: [UInt8])] = []
+        @usableFromInline var bytes = 0
+        @usableFromInline init() {}
+    }
+
+    /// Connections with data past a hole (few at a time: holes are rare and short-lived).
+    @usableFromInline @exclusivity(unchecked) var reassembly: [UInt64: Reassembly] = [:]
+    @usableFromInline @exclusivity(unchecked) var reassemblyBytes = 0
+    /// The most out-of-order bytes the layer holds for all its connections together (each is
+    /// also bounded by its receive window); beyond it, segments are dropped and counted, and
+    /// the peer sends them again.
+    public var reassemblyLimit = 64 << 20
+    /// Segments kept past a hole and later delivered; segments dropped for the limit.
+    public var reassembledSegments: Int { reassembledCount }
+    @usableFromInline @exclusivity(unchecked) var reassembledCount = 0
+    public private(set) var reassemblyDrops = 0
+
+    /// Keeps a copy of out-of-order `data` at `sequence`; false when over the limit.
+    @usableFromInline func stash(_ ref: UInt64, _ sequence: SequenceNumber, _ data: UnsafeRawBufferPointer) -> Bool {
+        guard reassemblyBytes + data.count <= reassemblyLimit else {
+            reassemblyDrops += 1
+            return false
+        }
+        var r = reassembly.removeValue(forKey: ref) ?? Reassembly()
+        // In sequence order; a segment already held at the same place (a duplicate) is kept.
+        var i = r.segments.count
+        while i > 0 && r.segments[i - 1].sequence > sequence { i -= 1 }
+        if i > 0 && r.segments[i - 1].sequence == sequence && r.segments[i - 1].bytes.count >= data.count {
+            reassembly[ref] = r
+            return true
+        }
+        r.segments.insert((sequence, Array(data)), at: i)
+        r.bytes += data.count
+        reassemblyBytes += data.count
+        reassembly[ref] = r
+        return true
     }
 
     /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
