@@ -414,7 +414,7 @@ public struct TCPConnection {
             var drained: [UInt8] = []
             swap(&drained, &queues[s].bytes)
             queues[s].acked = 0
-            layer.keepSpare(&drained)
+            layer.keepSpare(drained)
         } else if acked > 65_536 {
             queues[s].bytes.removeFirst(acked)
             queues[s].acked = 0
@@ -665,7 +665,8 @@ public final class TCPLayer {
     }
 
     @usableFromInline func giveBack(_ actions: inout [TCPAction]) {
-        actions.removeAll(keepingCapacity: true)
+        // A few plain values: popping them is cheaper than the generic removeAll.
+        while !actions.isEmpty { actions.removeLast() }
         if actionSpareTaken {
             // Any array will do as the spare (nested calls give theirs back first).
             swap(&actions, &actionSpare)
@@ -1010,10 +1011,10 @@ public final class TCPLayer {
     }
 
     /// Keeps a drained send buffer for reuse (a bounded few; idle connections own none).
-    @usableFromInline func keepSpare(_ drained: inout [UInt8]) {
+    @usableFromInline func keepSpare(_ drained: consuming [UInt8]) {
         guard spareBuffers.count < Self.spareBufferLimit && drained.capacity <= Self.spareBufferMaxCapacity else { return }
         drained.removeAll(keepingCapacity: true)
-        spareBuffers.append(drained)
+        spareBuffers.append(drained)  // moved in: no retain
     }
 
     // MARK: Segments
