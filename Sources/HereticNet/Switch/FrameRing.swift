@@ -1,4 +1,5 @@
 import Atomics
+import CHereticSys
 
 /// A bounded single-producer single-consumer ring of frames between two cores: fixed 2 KiB
 /// slots, copied in by the sender and out by the receiver, published once per batch.
@@ -54,7 +55,12 @@ final class FrameRing: @unchecked Sendable {
             if h == cachedTail { return 0 }
         }
         var n = 0
+        // The frames were written by another core, so each line is a miss: keep the loads of
+        // the next four frames in flight while copying this one (the balanced TCP echo went
+        // from about 0.9 M to 1.3-1.9 M echoes/s with this).
+        for k in 0..<min(cachedTail - h, 4) { heretic_prefetch_frame(slots + ((h + k) & mask) * PacketPool.bufferSize, 0) }
         while n < limit, h != cachedTail {
+            if cachedTail - h > 4 { heretic_prefetch_frame(slots + ((h + 4) & mask) * PacketPool.bufferSize, 0) }
             let i = h & mask
             guard let p = pool.copy(from: slots + i * PacketPool.bufferSize, length: Int(lengths[i])) else { break }
             frames.append(p)
