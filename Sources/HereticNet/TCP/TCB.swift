@@ -133,18 +133,24 @@ public struct TCB: Sendable, Equatable {
     public private(set) var dupAcks: UInt8 = 0
     /// Unanswered persist or keepalive probes.
     public private(set) var probes: UInt8 = 0
-    var bits: UInt8 = 0
+    @usableFromInline var bits: UInt8 = 0
 
     public var srtt: UInt32 { UInt32(srtt16) }
     var rttvar: UInt32 { UInt32(rttvar16) }
     public var rto: UInt32 { UInt32(rto16) }
-    @inline(__always) func bit(_ b: UInt8) -> Bool { bits & b != 0 }
+    @inlinable @inline(__always) func bit(_ b: UInt8) -> Bool { bits & b != 0 }
     @inline(__always) mutating func set(_ b: UInt8, _ on: Bool) { bits = on ? bits | b : bits & ~b }
     public internal(set) var timestamps: Bool { get { bit(1) } set { set(1, newValue) } }
     /// Our FIN has been sent and occupies SND.NXT - 1.
-    var finSent: Bool { get { bit(2) } set { set(2, newValue) } }
+    @usableFromInline var finSent: Bool {
+        @inlinable get { bit(2) }
+        set { set(2, newValue) }
+    }
     /// The FIN must follow the data being resent after a timeout.
-    public internal(set) var pendingFIN: Bool { get { bit(4) } set { set(4, newValue) } }
+    public internal(set) var pendingFIN: Bool {
+        @inlinable get { bit(4) }
+        set { set(4, newValue) }
+    }
     public internal(set) var inRecovery: Bool { get { bit(8) } set { set(8, newValue) } }
     /// Persist mode: the peer's window is zero with data waiting; probes keep asking.
     public internal(set) var persisting: Bool { get { bit(16) } set { set(16, newValue) } }
@@ -333,7 +339,7 @@ public struct TCB: Sendable, Equatable {
 
     /// Whether data may go out: while open, or (after a timeout sent us back) for the data
     /// that precedes a FIN not yet sent again.
-    public var canSendData: Bool {
+    @inlinable public var canSendData: Bool {
         state == .established || state == .closeWait
             || (pendingFIN && (state == .finWait1 || state == .closing || state == .lastAck))
     }
@@ -346,14 +352,14 @@ public struct TCB: Sendable, Equatable {
     }
 
     /// Bytes sent and not yet acknowledged (data only: SYN and FIN excluded).
-    public var bytesInFlight: Int { (sndNxt - sndUna) - (finSent && sndNxt != sndUna ? 1 : 0) }
+    @inlinable public var bytesInFlight: Int { (sndNxt - sndUna) - (finSent && sndNxt != sndUna ? 1 : 0) }
 
     /// Bytes the peer's window and the congestion window let us send now, beyond what is in
     /// flight.
-    public var sendWindowAvailable: Int { max(0, Int(min(sndWnd, cwnd)) - (sndNxt - sndUna)) }
+    @inlinable public var sendWindowAvailable: Int { max(0, Int(min(sndWnd, cwnd)) - (sndNxt - sndUna)) }
 
     /// Whether our FIN is still owed or unacknowledged.
-    public var finPending: Bool { finSent && sndUna != sndNxt }
+    @inlinable public var finPending: Bool { finSent && sndUna != sndNxt }
 
     // MARK: Retransmission (RFC 6298)
 

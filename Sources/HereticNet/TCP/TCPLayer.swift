@@ -110,9 +110,9 @@ public struct TCPConnection {
     /// Out-of-order data waits in the layer's reassembly store.
     @inlinable var hasStash: Bool { get { flag(8) } set { set(8, newValue) } }
 
-    @usableFromInline var pending: Int { bytes.count - acked }
+    @inlinable var pending: Int { bytes.count - acked }
     /// Nothing queued, nothing owed: the queue holds no memory.
-    @usableFromInline var isIdle: Bool { bytes.count == acked && !closeRequested }
+    @inlinable var isIdle: Bool { bytes.count == acked && !closeRequested }
 
     @usableFromInline mutating func reset() {
         bytes = []
