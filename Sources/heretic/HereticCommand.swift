@@ -190,7 +190,7 @@ extension Bench {
         }
 
         func run() throws {
-            let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256, maxConnections]
+            let rows = connections.map { [$0] } ?? ([1, 8, 32, 64, 128, 256].filter { $0 < maxConnections } + [maxConnections])
             try report(try rows.map { try TCPEchoBenchmark(layout: layout, connections: $0, seconds: seconds).run() }, output)
         }
     }
