@@ -61,6 +61,7 @@ let package = Package(
             dependencies: [
                 "HereticBench",
                 "HereticCore",
+                "HereticNet",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

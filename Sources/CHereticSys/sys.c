@@ -6,6 +6,12 @@
 #include <malloc.h>
 #endif
 #include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -209,4 +215,78 @@ int heretic_latch_is_open(heretic_latch *l) {
     int open = l->open;
     pthread_mutex_unlock(&l->mutex);
     return open;
+}
+
+int heretic_tap_open(char *name) {
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    strncpy(name, ifr.ifr_name, IFNAMSIZ);
+    name[IFNAMSIZ - 1] = 0;
+    return fd;
+}
+
+long heretic_fd_read(int fd, void *buffer, size_t capacity) {
+    for (;;) {
+        ssize_t n = read(fd, buffer, capacity);
+        if (n >= 0) return (long)n;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+        return -errno;
+    }
+}
+
+int heretic_fd_write(int fd, const void *buffer, size_t length) {
+    for (;;) {
+        ssize_t n = write(fd, buffer, length);
+        if (n >= 0) return 1;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS) return 0;
+        return -errno;
+    }
+}
+
+void heretic_fd_close(int fd) { if (fd >= 0) close(fd); }
+
+extern char **environ;
+
+int heretic_run(char *const argv[], char *output, size_t capacity) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) != 0) return -1;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, pipefd[1], 1);
+    posix_spawn_file_actions_adddup2(&actions, pipefd[1], 2);
+    pid_t pid;
+    int rc = posix_spawnp(&pid, argv[0], &actions, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(pipefd[1]);
+    size_t used = 0;
+    if (rc == 0) {
+        char scratch[4096];
+        for (;;) {
+            ssize_t n = read(pipefd[0], scratch, sizeof scratch);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            size_t keep = (size_t)n;
+            if (capacity > 0 && used + keep > capacity - 1) keep = capacity - 1 - used;
+            if (keep > 0) { memcpy(output + used, scratch, keep); used += keep; }
+        }
+    }
+    close(pipefd[0]);
+    if (capacity > 0) output[used] = 0;
+    if (rc != 0) return -1;
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) { if (errno != EINTR) return -1; }
+    if (WIFEXITED(status)) return WEXITSTATUS(status);
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return -1;
 }

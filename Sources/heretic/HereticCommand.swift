@@ -7,7 +7,7 @@ struct Heretic: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "heretic",
         abstract: "A hosted operating system for massive concurrency.",
-        subcommands: [Bench.self]
+        subcommands: [Bench.self, TapEcho.self]
     )
 }
 

@@ -70,4 +70,19 @@ void heretic_latch_open(heretic_latch *latch);
 void heretic_latch_wait(heretic_latch *latch);
 int heretic_latch_is_open(heretic_latch *latch);
 
+/// Opens a TAP device (Ethernet frames, no packet-information header), non-blocking. `name`
+/// (at least 16 bytes) holds the wanted name, or "" for the kernel's choice, and receives
+/// the name given. Returns the descriptor, or -errno.
+int heretic_tap_open(char *name);
+/// Reads one frame into `buffer`; returns its length, 0 when none is waiting, or -errno.
+long heretic_fd_read(int fd, void *buffer, size_t capacity);
+/// Writes one frame; returns 1 when sent, 0 when the device queue is full, or -errno.
+int heretic_fd_write(int fd, const void *buffer, size_t length);
+void heretic_fd_close(int fd);
+
+/// Runs `argv` (argv[0] looked up in PATH) and waits for it; its standard output and error
+/// go to `output` (up to `capacity` bytes, NUL-terminated). Returns the exit status, or -1
+/// if it could not start (128 + signal if killed).
+int heretic_run(char *const argv[], char *output, size_t capacity);
+
 #endif

@@ -389,4 +389,6 @@ public enum NetError: Error, Equatable, Sendable {
     case reset
     case timedOut
     case closed
+    /// A packet path could not be opened or configured (the text says why).
+    case device(String)
 }

@@ -1,0 +1,123 @@
+import CHereticSys
+import HereticCore
+import HereticNet
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs a command (looked up in PATH) and returns its exit status and its output (standard
+/// output and error together, at most 256 KiB).
+public func runCommand(_ arguments: [String]) -> (status: Int32, output: String) {
+    var cStrings = arguments.map { strdup($0) }
+    cStrings.append(nil)
+    defer { for p in cStrings { free(p) } }
+    let capacity = 256 << 10
+    let output = UnsafeMutablePointer<CChar>.allocate(capacity: capacity)
+    defer { output.deallocate() }
+    let status = cStrings.withUnsafeMutableBufferPointer { argv in
+        heretic_run(argv.baseAddress!, output, capacity)
+    }
+    return (status, String(cString: output))
+}
+
+/// A test topology for the TAP packet path, made and removed by this process: a network
+/// namespace holding the kernel side of a TAP device, with an address on it, so that Linux
+/// tools run in the namespace (`ip netns exec NAME ...`) reach the stack as a neighbour and
+/// nothing outside the namespace is ever touched. `remove()` (or deinit) deletes the
+/// namespace; the TAP device goes with the stack's descriptor.
+///
+/// Addresses: 10.77.`subnet`.1/24 for Linux in the namespace, .2 for the stack.
+public final class TapTestbed: @unchecked Sendable {
+    public let namespace: String
+    public let device: TapDevice
+    public let linuxAddress: IPv4Address
+    public let stackAddress: IPv4Address
+    public let stackMAC: MACAddress
+    private var removed = false
+
+    public static var canRun: (Bool, String) {
+        if getuid() != 0 { return (false, "needs root (network namespaces and a TAP device)") }
+        if access("/dev/net/tun", R_OK | W_OK) != 0 { return (false, "no /dev/net/tun") }
+        if runCommand(["ip", "-V"]).status != 0 { return (false, "no `ip` command (iproute2)") }
+        return (true, "")
+    }
+
+    public init(namespace: String, tap: String, subnet: UInt8 = 0) throws {
+        self.namespace = namespace
+        linuxAddress = IPv4Address(10, 77, subnet, 1)
+        stackAddress = IPv4Address(10, 77, subnet, 2)
+        stackMAC = MACAddress(0x02, 0x48, 0x52, 0x54, subnet, 0x02)
+        // A namespace of that name left by a crashed run is ours to replace.
+        _ = runCommand(["ip", "netns", "del", namespace])
+        let made = runCommand(["ip", "netns", "add", namespace])
+        guard made.status == 0 else { throw BenchError("ip netns add \(namespace): \(made.output)") }
+        do {
+            device = try TapDevice(name: tap)
+        } catch {
+            _ = runCommand(["ip", "netns", "del", namespace])
+            throw BenchError("\(error)")
+        }
+        let steps: [[String]] = [
+            ["ip", "link", "set", device.name, "netns", namespace],
+            ["ip", "-n", namespace, "link", "set", "lo", "up"],
+            ["ip", "-n", namespace, "addr", "add", "\(linuxAddress)/24", "dev", device.name],
+            ["ip", "-n", namespace, "link", "set", device.name, "up"],
+        ]
+        for step in steps {
+            let r = runCommand(step)
+            guard r.status == 0 else {
+                remove()
+                throw BenchError("\(step.joined(separator: " ")): \(r.output)")
+            }
+        }
+    }
+
+    deinit { remove() }
+
+    /// Runs a command inside the namespace.
+    public func run(_ arguments: [String]) -> (status: Int32, output: String) {
+        runCommand(["ip", "netns", "exec", namespace] + arguments)
+    }
+
+    /// Adds `tc netem` impairments (for example ["loss", "5%"]) to Linux's side of the link.
+    public func impair(_ netem: [String]) throws {
+        let r = runCommand(["ip", "netns", "exec", namespace, "tc", "qdisc", "replace", "dev", device.name, "root", "netem"] + netem)
+        guard r.status == 0 else { throw BenchError("tc netem \(netem.joined(separator: " ")): \(r.output)") }
+    }
+
+    public func remove() {
+        guard !removed else { return }
+        removed = true
+        _ = runCommand(["ip", "netns", "del", namespace])
+    }
+}
+
+/// The stack on a TAP device, polled by core 0 of its own runtime: a TCP echo server on
+/// port 7 and a UDP echo on port 7; ICMP echo answered by the interface.
+public final class TapStack: @unchecked Sendable {
+    public let runtime: Runtime
+    public let interface: Interface
+
+    public init(device: TapDevice, mac: MACAddress, address: IPv4Address) throws {
+        runtime = try Runtime(cores: 1)
+        interface = Interface(device: device, pool: PacketPool(capacity: 16_384),
+                              configuration: InterfaceConfiguration(mac: mac, address: address))
+        let interface = self.interface
+        let shared = Unchecked(interface)
+        try runtime.run(on: 0) { core in
+            try? shared.value.listenTCP(port: 7) { TCPEchoServer() }
+            try? shared.value.bindUDP(port: 7, UDPEchoServer())
+            let poller = InterfacePoller()
+            poller.add(shared.value)
+            core.addPoller(poller)
+        }
+    }
+
+    /// Runs `body` on the stack's core.
+    public func onCore<R: Sendable>(_ body: @escaping @Sendable (Interface) -> R) throws -> R {
+        let shared = Unchecked(interface)
+        return try runtime.run(on: 0) { _ in body(shared.value) }
+    }
+
+    public func shutdown() { runtime.shutdown() }
+}
