@@ -93,7 +93,8 @@ public final class TapTestbed: @unchecked Sendable {
 }
 
 /// The stack on a TAP device, polled by core 0 of its own runtime: a TCP echo server on
-/// port 7 and a UDP echo on port 7; ICMP echo answered by the interface.
+/// port 7, a UDP echo on port 7, a minimal HTTP responder on port 80; ICMP echo answered by
+/// the interface.
 public final class TapStack: @unchecked Sendable {
     public let runtime: Runtime
     public let interface: Interface
@@ -106,6 +107,7 @@ public final class TapStack: @unchecked Sendable {
         let shared = Unchecked(interface)
         try runtime.run(on: 0) { core in
             try? shared.value.listenTCP(port: 7) { TCPEchoServer() }
+            try? shared.value.listenTCP(port: 80) { HTTPResponder() }
             try? shared.value.bindUDP(port: 7, UDPEchoServer())
             let poller = InterfacePoller()
             poller.add(shared.value)

@@ -12,14 +12,16 @@ nonisolated(unsafe) var stopRequested: sig_atomic_t = 0
 struct TapEcho: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tap-echo",
-        abstract: "Run the stack on a TAP device in a network namespace this command creates: TCP and UDP echo on port 7, and ping.",
+        abstract: "Run the stack on a TAP device in a network namespace this command creates: TCP and UDP echo on port 7, HTTP on port 80, and ping.",
         discussion: """
             Needs root. Creates namespace NETNS with the kernel side of TAP at 10.77.0.1/24; the stack \
             answers at 10.77.0.2. Reach it from the namespace, for example:
               ip netns exec heretic ping -c 3 10.77.0.2
               ip netns exec heretic nc 10.77.0.2 7
+              ip netns exec heretic curl -o /tmp/x http://10.77.0.2/bytes/1000000
             Stops after --seconds or on Ctrl-C, removing the namespace.
-            """)
+            """,
+        aliases: ["tap-http"])
     @Option(help: "Network namespace to create (and remove on exit).") var netns = "heretic"
     @Option(help: "TAP device name.") var tap = "hrt0"
     @Option(help: "Seconds to run before stopping.") var seconds = 600.0
@@ -44,6 +46,8 @@ struct TapEcho: ParsableCommand {
             Linux has \(bed.linuxAddress)/24 in namespace \(netns). Try:
               ip netns exec \(netns) ping -c 3 \(bed.stackAddress)
               ip netns exec \(netns) nc \(bed.stackAddress) 7
+              ip netns exec \(netns) curl http://\(bed.stackAddress)/
+              ip netns exec \(netns) curl -o /tmp/heretic.bin http://\(bed.stackAddress)/bytes/1000000
             Stopping after \(Int(seconds)) s or on Ctrl-C.
             """)
         let deadline = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
