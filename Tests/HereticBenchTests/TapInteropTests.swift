@@ -103,4 +103,124 @@ struct TapInteropTests {
             #expect(r.output.contains("100000000 curl 0 bytes 100000000 match True"), "\(r.output)")
         }
     }
+
+    @Test("a Heretic client uploads to and downloads from a Python server (8 MB each way, half-close), byte-exact")
+    func clientAgainstLinuxServer() throws {
+        try withStack { bed, stack in
+            let size = 8_000_000
+            let server = """
+                import socket, struct
+                block = bytes(((i * 7 + (i >> 8) * 13) & 0xFF) for i in range(65521))
+                N = \(size)
+                srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                srv.bind(("\(bed.linuxAddress)", 9000)); srv.listen(4); srv.settimeout(30)
+                c, _ = srv.accept(); c.settimeout(30)
+                total = 0; s = 0
+                while True:
+                    d = c.recv(1 << 16)
+                    if not d: break
+                    total += len(d); s += sum(d)
+                c.sendall(struct.pack(">QQ", total, s & 0xFFFFFFFFFFFFFFFF) + (block * (N // len(block) + 1))[:N])
+                c.close()
+                """
+            // In the background, bounded by its own timeouts; listening before we connect.
+            let started = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(server)' > /tmp/\(bed.namespace)-server.log 2>&1 &"])
+            #expect(started.status == 0)
+            var listening = false
+            for _ in 0..<100 where !listening {
+                listening = bed.run(["sh", "-c", "ss -ltn | grep -q ':9000'"]).status == 0
+                if !listening { usleep(50_000) }
+            }
+            try #require(listening, "the Python server did not start")
+            let log = TransferLog()
+            let shared = Unchecked(log)
+            let target = TCPEndpoint(bed.linuxAddress, 9000)
+            try stack.onCore { iface in iface.connectTCP(to: target, UploadClient(log: shared.value, upload: size)) }
+            var done = false
+            for _ in 0..<600 where !done {
+                done = try stack.onCore { _ in shared.value.closedReason != nil }
+                if !done { usleep(50_000) }
+            }
+            let result = try stack.onCore { _ in shared.value.snapshot }
+            #expect(done, "the transfer ended (\(result))")
+            #expect(result.closedReason == .normal)
+            #expect(result.serverCount == UInt64(size) && result.serverSum == result.sentSum, "the server got every byte")
+            #expect(result.received == size && result.mismatches == 0, "we got every byte back")
+        }
+    }
+}
+
+/// What an upload/download client saw (touched only on the stack's core).
+final class TransferLog: @unchecked Sendable {
+    var sentBytes = 0
+    var sentSum: UInt64 = 0
+    var finQueued = false
+    var header: [UInt8] = []
+    var received = 0
+    var mismatches = 0
+    var closedReason: TCPCloseReason?
+
+    struct Snapshot: Sendable, CustomStringConvertible {
+        var sentSum: UInt64, serverCount: UInt64, serverSum: UInt64, received: Int, mismatches: Int
+        var closedReason: TCPCloseReason?
+        var description: String {
+            "sent sum \(sentSum), server saw \(serverCount) bytes sum \(serverSum), received \(received), mismatches \(mismatches), closed \(String(describing: closedReason))"
+        }
+    }
+
+    var snapshot: Snapshot {
+        func be64(_ at: Int) -> UInt64 { header.count >= at + 8 ? header[at..<(at + 8)].reduce(0) { $0 << 8 | UInt64($1) } : 0 }
+        return Snapshot(sentSum: sentSum, serverCount: be64(0), serverSum: be64(8), received: received,
+                        mismatches: mismatches, closedReason: closedReason)
+    }
+}
+
+/// Streams `upload` pattern bytes, half-closes, then checks a 16-byte header and the
+/// generated body the server sends back.
+struct UploadClient: TCPHandler {
+    let log: TransferLog
+    let upload: Int
+
+    mutating func connected(_ connection: inout TCPConnection) { fill(&connection) }
+    mutating func writable(_ connection: inout TCPConnection) { fill(&connection) }
+
+    func fill(_ connection: inout TCPConnection) {
+        while log.sentBytes < upload && connection.bytesQueued < 262_144 {
+            let n = min(16_384, upload - log.sentBytes)
+            let base = log.sentBytes
+            var sum: UInt64 = 0
+            let chunk = [UInt8](unsafeUninitializedCapacity: n) { b, count in
+                for i in 0..<n {
+                    let v = UInt8(truncatingIfNeeded: (base + i) &* 31 &+ 7)
+                    b[i] = v
+                    sum &+= UInt64(v)
+                }
+                count = n
+            }
+            chunk.withUnsafeBytes { _ = connection.send($0) }
+            log.sentSum &+= sum
+            log.sentBytes += n
+        }
+        if log.sentBytes == upload && !log.finQueued {
+            log.finQueued = true
+            connection.close()  // FIN after the data; the download keeps coming (half-close)
+        }
+    }
+
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+        var bytes = data[...]
+        if log.header.count < 16 {
+            let take = min(16 - log.header.count, bytes.count)
+            log.header += bytes.prefix(take)
+            bytes = bytes.dropFirst(take)
+        }
+        let block = GeneratedBody.block
+        for b in bytes {
+            if b != block[log.received % GeneratedBody.blockLength] { log.mismatches += 1 }
+            log.received += 1
+        }
+    }
+
+    mutating func peerClosed(_ connection: inout TCPConnection) {}
+    mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
 }
