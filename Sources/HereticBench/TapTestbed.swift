@@ -99,9 +99,24 @@ public final class TapStack: @unchecked Sendable {
     public let runtime: Runtime
     public let interface: Interface
 
-    public init(device: TapDevice, mac: MACAddress, address: IPv4Address) throws {
+    /// The impairments on the link, when asked for (in both directions, at the stack's side:
+    /// this kernel has no `tc netem`).
+    public let injector: FaultInjector?
+
+    public init(device: TapDevice, mac: MACAddress, address: IPv4Address, faults: FaultInjector.Faults? = nil,
+                seed: UInt64 = 1) throws {
         runtime = try Runtime(cores: 1)
-        interface = Interface(device: device, pool: PacketPool(capacity: 16_384),
+        var nic: NetworkDevice = device
+        if let faults {
+            let injector = FaultInjector(device, faults: faults, seed: seed)
+            injector.receiveFaults = faults
+            injector.clock = { MonotonicClock.nanoseconds() / 1_000_000 }
+            nic = injector
+            self.injector = injector
+        } else {
+            injector = nil
+        }
+        interface = Interface(device: nic, pool: PacketPool(capacity: 16_384),
                               configuration: InterfaceConfiguration(mac: mac, address: address))
         let interface = self.interface
         let shared = Unchecked(interface)

@@ -13,11 +13,11 @@ import Glibc
 struct TapInteropTests {
     /// A fresh namespace and stack per test (names carry the process id, so parallel runs of
     /// the suite in different processes do not collide).
-    func withStack(_ body: (TapTestbed, TapStack) throws -> Void) throws {
+    func withStack(faults: FaultInjector.Faults? = nil, _ body: (TapTestbed, TapStack) throws -> Void) throws {
         let id = getpid() % 100_000
         let bed = try TapTestbed(namespace: "hrt-test-\(id)", tap: "hrt\(id)")
         defer { bed.remove() }
-        let stack = try TapStack(device: bed.device, mac: bed.stackMAC, address: bed.stackAddress)
+        let stack = try TapStack(device: bed.device, mac: bed.stackMAC, address: bed.stackAddress, faults: faults)
         defer { stack.shutdown() }
         try body(bed, stack)
     }
@@ -148,7 +148,63 @@ struct TapInteropTests {
             #expect(result.received == size && result.mismatches == 0, "we got every byte back")
         }
     }
+
+    static let impairments: [(String, FaultInjector.Faults)] = [
+        ("1% loss", .init(drop: 0.01)),
+        ("5% loss", .init(drop: 0.05)),
+        ("10 ms delay, 3 ms jitter", .init(delayMilliseconds: 7...13)),
+        ("5% reordering", .init(reorder: 0.05, delayMilliseconds: 1...1)),
+        ("2% duplication", .init(duplicate: 0.02)),
+    ]
+
+    @Test("under loss, delay, reordering and duplication (both directions), transfers stay byte-exact",
+          arguments: 0..<5)
+    func impaired(profile: Int) throws {
+        let (name, faults) = Self.impairments[profile]
+        try withStack(faults: faults) { bed, stack in
+            // Linux's client: curl 2 MB, and 50 echo connections of random sizes.
+            let script = """
+                import asyncio, random, subprocess, sys, tempfile, os
+                HOST = "\(bed.stackAddress)"
+                block = bytes(((i * 7 + (i >> 8) * 13) & 0xFF) for i in range(65521))
+                n = 2000000
+                path = tempfile.mktemp()
+                r = subprocess.run(["curl", "-s", "-f", "--max-time", "60", "-o", path, "http://%s/bytes/%d" % (HOST, n)])
+                got = open(path, "rb").read() if r.returncode == 0 else b""
+                if os.path.exists(path): os.unlink(path)
+                curl_ok = got == (block * (n // len(block) + 1))[:n]
+                async def one(i):
+                    data = random.Random(i).randbytes(random.Random(-i).randint(1, 20000))
+                    r, w = await asyncio.open_connection(HOST, 7)
+                    w.write(data); await w.drain()
+                    back = await r.readexactly(len(data))
+                    w.close(); await w.wait_closed()
+                    return back == data
+                async def main():
+                    return (await asyncio.gather(*(one(i) for i in range(50)))).count(False)
+                bad = asyncio.run(asyncio.wait_for(main(), 90))
+                print("curl", curl_ok, "echo bad", bad)
+                sys.exit(0 if curl_ok and bad == 0 else 1)
+                """
+            let r = bed.run(["python3", "-c", script])
+            #expect(r.status == 0, "\(name): \(r.output)")
+            let (retransmits, reassembled, left) = try stack.onCore { iface in
+                (iface.tcp.retransmissions, iface.tcp.reassembledSegments, iface.tcpConnectionCount)
+            }
+            let injector = try #require(stack.injector)
+            let impaired = injector.dropped + injector.duplicated + injector.reordered
+            if faults.drop > 0 {
+                #expect(retransmits > 0, "\(name): Heretic resent what was lost (\(injector.dropped) frames dropped)")
+            }
+            if faults.reorder > 0 || faults.drop > 0 {
+                #expect(reassembled > 0, "\(name): data past holes was kept")
+            }
+            #expect(impaired > 0 || faults.delayMilliseconds.lowerBound > 0, "\(name): the link was really impaired")
+            _ = left
+        }
+    }
 }
+
 
 /// What an upload/download client saw (touched only on the stack's core).
 final class TransferLog: @unchecked Sendable {

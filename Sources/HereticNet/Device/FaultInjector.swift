@@ -62,12 +62,48 @@ public final class FaultInjector: NetworkDevice {
     /// A lossy link verifies nothing for the stack.
     public var offloads: DeviceOffloads { [] }
 
+    /// Faults for frames arriving from the inner device too (nil: they pass untouched), for
+    /// a link whose far end is not simulated (a TAP device towards Linux).
+    public var receiveFaults: Faults?
+    /// Reads the time itself when set (on a real core), instead of being told `now`.
+    public var clock: (() -> UInt64)?
+    private var receiveHeld: [(due: UInt64, order: UInt64, bytes: [UInt8])] = []
+    private var arriving: [Packet] = []
+
     public func receive(into frames: inout [Packet], limit: Int, pool: PacketPool) -> Int {
+        if let clock { now = clock() }
         release(pool: pool)
-        return inner.receive(into: &frames, limit: limit, pool: pool)
+        guard let rf = receiveFaults else { return inner.receive(into: &frames, limit: limit, pool: pool) }
+        _ = inner.receive(into: &arriving, limit: limit, pool: pool)
+        for f in arriving {
+            defer { pool.release(f) }
+            if rng.chance(rf.drop) { dropped += 1; continue }
+            let bytes = pool.contents(f)
+            let copies = rng.chance(rf.duplicate) ? 2 : 1
+            if copies == 2 { duplicated += 1 }
+            for _ in 0..<copies {
+                let span = rf.delayMilliseconds.upperBound - rf.delayMilliseconds.lowerBound
+                var due = now + rf.delayMilliseconds.lowerBound + (span == 0 ? 0 : rng.next() % (span + 1))
+                if rng.chance(rf.reorder) { due += rf.reorderMilliseconds; reordered += 1 }
+                receiveHeld.append((due, order, bytes))
+                order += 1
+            }
+        }
+        arriving.removeAll(keepingCapacity: true)
+        guard !receiveHeld.isEmpty else { return 0 }
+        receiveHeld.sort { ($0.due, $0.order) < ($1.due, $1.order) }
+        var n = 0
+        while n < receiveHeld.count, n < limit, receiveHeld[n].due <= now {
+            guard let p = receiveHeld[n].bytes.withUnsafeBytes({ pool.copy(from: $0.baseAddress!, length: $0.count) }) else { break }
+            frames.append(p)
+            n += 1
+        }
+        receiveHeld.removeFirst(n)
+        return n
     }
 
     public func transmit(_ frames: inout [Packet], pool: PacketPool) {
+        if let clock { now = clock() }
         for f in frames {
             defer { pool.release(f) }
             if rng.chance(faults.drop) { dropped += 1; continue }
@@ -91,8 +127,8 @@ public final class FaultInjector: NetworkDevice {
         release(pool: pool)
     }
 
-    /// Frames held back and not yet sent.
-    public var inFlight: Int { held.count }
+    /// Frames held back and not yet sent (or, with receive faults, not yet delivered).
+    public var inFlight: Int { held.count + receiveHeld.count }
 
     private func release(pool: PacketPool) {
         guard !held.isEmpty else { return }
