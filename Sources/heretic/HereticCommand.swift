@@ -181,15 +181,24 @@ extension Bench {
         @Option(name: .customLong("conns"), help: "Concurrent connections.") var connections: Int?
         @Option(help: "Seconds per row.") var seconds = 3.0
         @Option(name: .customLong("max-conns"), help: "The largest row of the default run.") var maxConnections = 1_000_000
+        @Option(help: "switch (the in-process virtual switch, both stacks Heretic's) or tap (Linux's TCP as the client through a TAP device in a namespace; needs root).")
+        var path = PacketPath.switch
         @OptionGroup var output: OutputOptions
+
+        enum PacketPath: String, ExpressibleByArgument { case `switch`, tap }
 
         func validate() throws {
             if let c = connections, c < 1 || c > 4_000_000 { throw ValidationError("--conns must be between 1 and 4000000") }
+            if path == .tap, let c = connections, c > 10_000 { throw ValidationError("--conns must be at most 10000 with --path tap") }
             if maxConnections < 1 || maxConnections > 4_000_000 { throw ValidationError("--max-conns must be between 1 and 4000000") }
             if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
         }
 
         func run() throws {
+            if path == .tap {
+                let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
+                return try report(try rows.map { try TapEchoBenchmark(connections: $0, seconds: seconds).run() }, output)
+            }
             let rows = connections.map { [$0] } ?? ([1, 8, 32, 64, 128, 256].filter { $0 < maxConnections } + [maxConnections])
             try report(try rows.map { try TCPEchoBenchmark(layout: layout, connections: $0, seconds: seconds).run() }, output)
         }
