@@ -15,8 +15,9 @@ func segments(_ actions: [TCPAction]) -> [TCPSegmentInfo] {
 /// unless another segment of the round already carried it.
 func resolved(_ actions: [TCPAction], _ tcb: TCB) -> [TCPAction] {
     let carried = !segments(actions).isEmpty
-    var out = actions.filter { $0 != .acknowledge && $0 != .acknowledgeDelayed }
-    if (actions.contains(.acknowledge) || actions.contains(.acknowledgeDelayed)) && !carried {
+    let acks: [TCPAction] = [.acknowledge, .acknowledgeDelayed, .challengeAck]
+    var out = actions.filter { !acks.contains($0) }
+    if actions.contains(where: { acks.contains($0) }) && !carried {
         out.append(.send(tcb.ackSegment(now: 1)))
     }
     return out
@@ -194,6 +195,7 @@ struct TCBTests {
         let base = server.rcvNxt
         var o: [TCPAction] = []
         server.segmentArrived(TCPSegmentInfo(sequence: base + 10, flags: .rst), now: 2, out: &o)
+        #expect(o == [.challengeAck], "counted as a challenge")
         o = resolved(o, server)
         #expect(server.state == .established && segments(o).first?.flags == .ack, "challenge ACK")
         o = []
@@ -211,6 +213,7 @@ struct TCBTests {
         var (_, server) = connectedPair()
         var o: [TCPAction] = []
         server.segmentArrived(TCPSegmentInfo(sequence: server.rcvNxt + 5, flags: .syn), now: 2, out: &o)
+        #expect(o == [.challengeAck])
         o = resolved(o, server)
         #expect(server.state == .established && segments(o).map(\.flags) == [.ack])
     }
@@ -224,6 +227,7 @@ struct TCBTests {
         var o: [TCPAction] = []
         let bogus = TCPSegmentInfo(sequence: server.rcvNxt, acknowledgment: server.sndNxt + 5000, flags: .ack)
         server.segmentArrived(bogus, now: 3, out: &o)
+        #expect(o == [.challengeAck])
         o = resolved(o, server)
         #expect(segments(o).map(\.flags) == [.ack], "answered with an ACK")
         #expect(server.sndUna == una && server.bytesInFlight == 100, "and not taken as acknowledging anything")

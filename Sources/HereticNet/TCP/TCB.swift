@@ -43,6 +43,10 @@ public enum TCPAction: Equatable, Sendable {
     /// ACK) for a reply to carry it, for at most the owner's delay, and no longer than the
     /// next data segment (every second segment is acknowledged at once).
     case acknowledgeDelayed
+    /// RFC 5961's challenge ACK: a RST or SYN inside the window but not exactly at RCV.NXT, or
+    /// an ACK outside what was sent. Acknowledge at once (counted apart: it means someone
+    /// may be guessing sequence numbers).
+    case challengeAck
     /// Send `length` bytes of the application's data starting at `sequence`, with these flags.
     case sendData(TCPSegmentInfo)
     /// The same, for data sent before (a retransmission: timeout, fast retransmit, partial ACK).
@@ -641,13 +645,13 @@ public struct TCB: Sendable, Equatable {
                 state = .closed
                 out.append(.closed(wasSynReceivedFromListen ? .refused : .reset))
             } else {
-                ack(now: now, out: &out)
+                out.append(.challengeAck)
             }
             return
         }
         // Fourth: SYN in a synchronized state (RFC 5961 section 4): challenge ACK.
         if seg.flags.contains(.syn) {
-            ack(now: now, out: &out)
+            out.append(.challengeAck)
             return
         }
         // Fifth: ACK.
@@ -672,7 +676,7 @@ public struct TCB: Sendable, Equatable {
         // RFC 5961 section 5: an ACK for data never sent, or older than the largest window
         // ever offered, is answered with an ACK and ignored.
         if seg.acknowledgment > sndMax || seg.acknowledgment < sndUna - Int(maxSndWnd) {
-            ack(now: now, out: &out)
+            out.append(.challengeAck)
             return
         }
         if seg.acknowledgment > sndNxt {

@@ -463,6 +463,9 @@ public struct TCPConnection {
                 ackWanted = true
             case .acknowledgeDelayed:
                 ackDelayed = true
+            case .challengeAck:
+                ackWanted = true
+                layer.challengeAckCount += 1
             case .send(let seg):
                 if seg.flags == .ack && seg.payloadLength == 0 && seg.sequence == slots[Int(slot)].tcb.sndUna - 1 {
                     layer.probeCount += 1  // a persist or keepalive probe
@@ -627,6 +630,10 @@ public final class TCPLayer {
     public private(set) var delayedAcksSent = 0
     /// Segments sent again (timeouts, fast retransmits and partial ACKs).
     public var retransmissions: Int { retransmitCount }
+    /// RFC 5961 challenge ACKs sent (answers to in-window RSTs and SYNs not at RCV.NXT, and
+    /// to ACKs outside what was sent): signs of blind injection attempts.
+    public var challengeAcks: Int { challengeAckCount }
+    @usableFromInline @exclusivity(unchecked) var challengeAckCount = 0
     /// Persist (zero-window) and keepalive probes sent.
     public var windowProbes: Int { probeCount }
     @usableFromInline @exclusivity(unchecked) var retransmitCount = 0
