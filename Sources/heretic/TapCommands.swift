@@ -52,7 +52,18 @@ struct TapEcho: ParsableCommand {
             """)
         let deadline = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
         while stopRequested == 0 && MonotonicClock.nanoseconds() < deadline { usleep(50_000) }
-        let counters = try stack.onCore { iface in iface.counters.nonZero.map { "\($0.0) \($0.1)" }.joined(separator: ", ") }
-        print("stopped; counters: \(counters)")
+        let counters = try stack.onCore { iface in
+            let t = iface.tcp
+            let tcp: [(String, Int)] = [
+                ("connections", iface.tcpConnectionCount), ("timeWait", t.timeWaitCount),
+                ("retransmissions", t.retransmissions), ("challengeAcks", t.challengeAcks),
+                ("synCookiesSent", t.synCookiesSent), ("synCookiesValidated", t.synCookiesValidated),
+                ("synCookiesRejected", t.synCookiesRejected), ("synBacklogDrops", t.synBacklogDrops),
+                ("resetsSent", t.resetsSent), ("reassembledSegments", t.reassembledSegments),
+                ("reassemblyDrops", t.reassemblyDrops), ("timeWaitOverflows", t.timeWaitOverflows),
+            ]
+            return (iface.counters.nonZero + tcp.filter { $0.1 != 0 }).map { "\($0.0) \($0.1)" }.joined(separator: "\n  ")
+        }
+        print("stopped; counters:\n  \(counters)")
     }
 }

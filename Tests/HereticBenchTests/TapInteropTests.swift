@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 @testable import HereticBench
 import HereticCore
@@ -6,20 +7,26 @@ import HereticNet
 import Glibc
 #endif
 
+let testbedsMade = Atomic<Int>(0)
+
+/// A fresh namespace and stack (names carry the process id, so runs of the suites in
+/// different processes do not collide; suites using it run one test at a time).
+func withTapStack(faults: FaultInjector.Faults? = nil, _ body: (TapTestbed, TapStack) throws -> Void) throws {
+    let id = getpid() % 10_000, n = testbedsMade.add(1, ordering: .relaxed).newValue
+    let bed = try TapTestbed(namespace: "hrt-test-\(id)-\(n)", tap: "hrt\(id)t\(n)")
+    defer { bed.remove() }
+    let stack = try TapStack(device: bed.device, mac: bed.stackMAC, address: bed.stackAddress, faults: faults)
+    defer { stack.shutdown() }
+    try body(bed, stack)
+}
+
 /// Linux's own TCP/IP against Heretic's, through a TAP device in a namespace the test makes
 /// and removes. Needs root; without it the suite is skipped, saying why.
 @Suite("Interop with Linux through TAP", .serialized,
        .enabled(if: TapTestbed.canRun.0, Comment(rawValue: "skipped: \(TapTestbed.canRun.1)")))
 struct TapInteropTests {
-    /// A fresh namespace and stack per test (names carry the process id, so parallel runs of
-    /// the suite in different processes do not collide).
     func withStack(faults: FaultInjector.Faults? = nil, _ body: (TapTestbed, TapStack) throws -> Void) throws {
-        let id = getpid() % 100_000
-        let bed = try TapTestbed(namespace: "hrt-test-\(id)", tap: "hrt\(id)")
-        defer { bed.remove() }
-        let stack = try TapStack(device: bed.device, mac: bed.stackMAC, address: bed.stackAddress, faults: faults)
-        defer { stack.shutdown() }
-        try body(bed, stack)
+        try withTapStack(faults: faults, body)
     }
 
     @Test("ping from Linux gets ICMP echo replies")

@@ -1,0 +1,188 @@
+import Testing
+@testable import HereticBench
+import HereticCore
+import HereticNet
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Frames built by hand in Python (struct and raw AF_PACKET sockets, no other dependency) and
+/// sent from inside the namespace onto the TAP link: what an attacker on the link can do.
+let rawFrames = """
+    import random, socket, struct, sys, time
+    IFACE, SRC_IP, DST_IP = sys.argv[1], sys.argv[2], sys.argv[3]
+    SRC_MAC = bytes.fromhex(open("/sys/class/net/%s/address" % IFACE).read().strip().replace(":", ""))
+    DST_MAC = bytes.fromhex(sys.argv[4].replace(":", ""))
+    raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    raw.bind((IFACE, 0))
+    def csum(b):
+        if len(b) % 2: b += b"\\0"
+        s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+        while s >> 16: s = (s & 0xFFFF) + (s >> 16)
+        return (~s) & 0xFFFF
+    def ipv4(payload, proto=6, src=SRC_IP, ihl=5, total=None, flags=0x4000, bad=False):
+        tl = total if total is not None else 20 + len(payload)
+        h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, tl, 7, flags, 64, proto, 0,
+                        socket.inet_aton(src), socket.inet_aton(DST_IP))
+        c = csum(h) ^ (0x1234 if bad else 0)
+        return h[:10] + struct.pack("!H", c) + h[12:] + payload
+    def tcp(sport, dport, seq, ack, flags, payload=b"", options=b"", src=SRC_IP, offset=None, bad=False):
+        off = offset if offset is not None else (20 + len(options)) // 4
+        h = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, off << 4, flags,
+                        65535, 0, 0) + options
+        pseudo = socket.inet_aton(src) + socket.inet_aton(DST_IP) + struct.pack("!BBH", 0, 6, len(h) + len(payload))
+        c = csum(pseudo + h + payload) ^ (0x4321 if bad else 0)
+        return h[:16] + struct.pack("!H", c) + h[18:] + payload
+    def eth(payload, etype=0x0800):
+        return DST_MAC + SRC_MAC + struct.pack("!H", etype) + payload
+    def send(frame):
+        try: raw.send(frame)
+        except OSError: pass
+    """
+
+/// Hostile input from the link. Needs root; skipped otherwise, saying why.
+@Suite("Hostile input through TAP", .serialized,
+       .enabled(if: TapTestbed.canRun.0, Comment(rawValue: "skipped: \(TapTestbed.canRun.1)")))
+struct HostileInputTests {
+    func frames(_ bed: TapTestbed, _ script: String, _ args: [String] = []) -> (status: Int32, output: String) {
+        bed.run(["python3", "-c", rawFrames + "\n" + script, bed.device.name, "\(bed.linuxAddress)",
+                 "\(bed.stackAddress)", "\(bed.stackMAC)"] + args)
+    }
+
+    /// A short Python echo exchange: proof the stack still serves.
+    func echoWorks(_ bed: TapTestbed) -> Bool {
+        bed.run(["python3", "-c", """
+            import socket
+            s = socket.create_connection(("\(bed.stackAddress)", 7), timeout=5)
+            s.sendall(b"still here" * 100)
+            got = b""
+            while len(got) < 1000: got += s.recv(4096)
+            assert got == b"still here" * 100
+            """]).status == 0
+    }
+
+    @Test("malformed frames are dropped and counted; the stack keeps serving")
+    func malformed() throws {
+        try withTapStack { bed, stack in
+            #expect(echoWorks(bed))
+            let before = try stack.onCore { $0.counters }
+            let r = frames(bed, """
+                for _ in range(5):
+                    send(eth(b"\\x45\\x00"))                                      # IPv4 header cut short
+                    send(eth(ipv4(tcp(1, 7, 0, 0, 0x02), bad=True)))             # IP checksum
+                    send(eth(ipv4(tcp(1, 7, 0, 0, 0x02), total=400)))            # total length past the frame
+                    send(eth(ipv4(tcp(1, 7, 0, 0, 0x02), ihl=4)))                # header length below 20
+                    send(eth(ipv4(tcp(1, 7, 0, 0, 0x02, bad=True))))             # TCP checksum
+                    send(eth(ipv4(tcp(1, 7, 0, 0, 0x02, offset=15))))            # data offset past the segment
+                    send(eth(ipv4(tcp(1, 7, 0, 0, 0x02, options=b"\\x02\\x00\\x00\\x00"))))  # option length 0
+                    send(eth(ipv4(b"\\x00" * 64, proto=17, flags=0x2000)))      # a fragment that never completes
+                    send(eth(ipv4(struct.pack("!HHHH", 9, 7, 500, 0) + b"x", proto=17)))  # UDP length past the data
+                    send(eth(b"\\x00\\x01\\x08\\x00", etype=0x0806))             # ARP cut short
+                print("sent")
+                """)
+            #expect(r.status == 0, "\(r.output)")
+            usleep(200_000)
+            let after = try stack.onCore { $0.counters }
+            #expect(after.ipv4Errors - before.ipv4Errors >= 15, "cut short, past the frame, header too short")
+            #expect(after.badChecksums - before.badChecksums >= 10, "IPv4 and TCP checksums")
+            #expect(after.tcpErrors - before.tcpErrors >= 10, "data offset and option length (\(after.tcpErrors - before.tcpErrors))")
+            #expect(after.fragmentsDropped - before.fragmentsDropped >= 5)
+            #expect(after.udpErrors - before.udpErrors >= 5)
+            #expect(after.arpErrors - before.arpErrors >= 5)
+            #expect(echoWorks(bed), "and the stack still serves")
+        }
+    }
+
+    @Test("blind RST and SYN sweeps over the sequence space earn challenge ACKs and tear nothing down")
+    func blindInjection() throws {
+        try withTapStack { bed, stack in
+            // A long-lived connection the attacker knows the 4-tuple of, but not the sequence.
+            let holder = """
+                import socket, sys, time
+                s = socket.socket(); s.bind(("\(bed.linuxAddress)", 40400)); s.settimeout(10)
+                s.connect(("\(bed.stackAddress)", 7))
+                open("/tmp/\(bed.namespace)-ready", "w").close()
+                time.sleep(3)
+                s.sendall(b"after the attack" * 10)
+                got = b""
+                while len(got) < 160: got += s.recv(4096)
+                print("echo ok" if got == b"after the attack" * 10 else "echo bad")
+                """
+            _ = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(holder)' > /tmp/\(bed.namespace)-holder.log 2>&1 &"])
+            var ready = false
+            for _ in 0..<100 where !ready {
+                ready = access("/tmp/\(bed.namespace)-ready", F_OK) == 0
+                if !ready { usleep(20_000) }
+            }
+            try #require(ready, "the holder connected")
+            let r = frames(bed, """
+                start = random.randrange(1 << 16)
+                for k in range(65536):   # one guess per 64 KiB: the whole space, some in the window
+                    send(eth(ipv4(tcp(40400, 7, start + (k << 16), 0, 0x04))))          # RST
+                for k in range(0, 65536, 4):
+                    send(eth(ipv4(tcp(40400, 7, start + 17 + (k << 16), 0, 0x02))))   # SYN
+                print("swept")
+                """)
+            #expect(r.status == 0, "\(r.output)")
+            // The holder waits out its 3 s, then echoes.
+            var log = ""
+            for _ in 0..<200 where !log.contains("echo") {
+                log = runCommand(["cat", "/tmp/\(bed.namespace)-holder.log"]).output
+                if !log.contains("echo") { usleep(50_000) }
+            }
+            _ = runCommand(["rm", "-f", "/tmp/\(bed.namespace)-ready", "/tmp/\(bed.namespace)-holder.log"])
+            #expect(log.contains("echo ok"), "the connection survived the sweep: \(log)")
+            let challenges = try stack.onCore { $0.tcp.challengeAcks }
+            #expect(challenges > 0, "guesses inside the window got challenge ACKs")
+        }
+    }
+
+    @Test("a SYN flood: cookies engage, 1000 real connections still echo, memory stays bounded")
+    func synFlood() throws {
+        try withTapStack { bed, stack in
+            let rssBefore = ProcessStats.residentBytes()
+            // The flood runs in the background while the real clients connect and echo.
+            let flood = rawFrames + """
+
+                end = time.time() + 3
+                n = 0
+                while time.time() < end:
+                    src = "10.77.%d.%d" % (int(DST_IP.split(".")[2]), random.randint(3, 254))
+                    for _ in range(200):
+                        send(eth(ipv4(tcp(random.randint(1024, 65535), 7, random.getrandbits(32), 0, 0x02, src=src), src=src)))
+                        n += 1
+                print("flood", n)
+                """
+            let floodArgs = "\(bed.device.name) \(bed.linuxAddress) \(bed.stackAddress) \(bed.stackMAC)"
+            _ = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(flood)' \(floodArgs) > /tmp/\(bed.namespace)-flood.log 2>&1 &"])
+            usleep(500_000)  // the flood is on
+            let clients = bed.run(["python3", "-c", """
+                import asyncio, random, sys
+                async def one(i):
+                    data = random.Random(i).randbytes(200)
+                    r, w = await asyncio.open_connection("\(bed.stackAddress)", 7)
+                    w.write(data); await w.drain()
+                    back = await r.readexactly(len(data))
+                    w.close(); await w.wait_closed()
+                    return back == data
+                async def main():
+                    return (await asyncio.gather(*(one(i) for i in range(1000)))).count(False)
+                bad = asyncio.run(asyncio.wait_for(main(), 60))
+                print("bad", bad); sys.exit(0 if bad == 0 else 1)
+                """])
+            usleep(3_000_000)  // the flood ends
+            let log = runCommand(["cat", "/tmp/\(bed.namespace)-flood.log"]).output
+            _ = runCommand(["rm", "-f", "/tmp/\(bed.namespace)-flood.log"])
+            #expect(clients.status == 0, "real clients during the flood: \(clients.output)")
+            let (sent, validated, halfOpen) = try stack.onCore { iface in
+                (iface.tcp.synCookiesSent, iface.tcp.synCookiesValidated, iface.tcpConnectionCount)
+            }
+            #expect(log.contains("flood"), "\(log)")
+            #expect(sent > 0, "the backlog filled and SYN cookies answered (\(log))")
+            #expect(halfOpen <= 4096 + 1000, "half-open connections stay within the backlog")
+            let grown = ProcessStats.residentBytes() - rssBefore
+            #expect(grown < 256 << 20, "memory stayed bounded (\(grown) bytes)")
+            _ = validated
+        }
+    }
+}
