@@ -1,3 +1,4 @@
+import HereticCore
 import HereticNet
 
 /// The body `GET /bytes/N` serves: a 65,521-byte block (a prime length, so it never lines up
@@ -12,6 +13,12 @@ enum GeneratedBody {
 /// allows, so 100 MB needs no 100 MB buffer), `GET /reset` aborts the connection (RST). One request per connection (`Connection:
 /// close`); a request head over 8 KiB, or anything but GET, gets an error and a close.
 struct HTTPResponder: TCPHandler {
+    /// Seconds a connection may stay silent (the idle timeout aborts it), and seconds its
+    /// request head may take in all: a slowloris peer trickling a byte now and then is aborted
+    /// at its first byte past that deadline, a silent one by the idle timeout.
+    let idleSeconds: Int
+    let headerSeconds: Int
+    var connectedAt: UInt64 = 0
     /// The request head so far (only until it is complete).
     var head: [UInt8] = []
     /// Body bytes still to queue, and the offset of the next one.
@@ -19,11 +26,26 @@ struct HTTPResponder: TCPHandler {
     var offset = 0
     var responded = false
 
+    init(idleSeconds: Int = 30, headerSeconds: Int = 10) {
+        self.idleSeconds = idleSeconds
+        self.headerSeconds = headerSeconds
+    }
+
+    mutating func connected(_ connection: inout TCPConnection) {
+        connection.setIdleTimeout(seconds: idleSeconds)
+        connectedAt = MonotonicClock.nanoseconds()
+    }
+
     static let maxHead = 8192
     static let maxBody = 1 << 34
 
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
         guard !responded else { return }  // a body or pipelined request: ignored, we close
+        if MonotonicClock.nanoseconds() - connectedAt > UInt64(headerSeconds) * 1_000_000_000 {
+            head = []
+            responded = true
+            return connection.abort()  // the head took too long: a slowloris peer
+        }
         head.append(contentsOf: data)
         guard let end = headEnd() else {
             if head.count > Self.maxHead { fail(431, "Request Header Fields Too Large", &connection) }

@@ -104,7 +104,7 @@ public final class TapStack: @unchecked Sendable {
     public let injector: FaultInjector?
 
     public init(device: TapDevice, mac: MACAddress, address: IPv4Address, faults: FaultInjector.Faults? = nil,
-                seed: UInt64 = 1) throws {
+                seed: UInt64 = 1, httpIdleSeconds: Int = 30, httpHeaderSeconds: Int = 10) throws {
         runtime = try Runtime(cores: 1)
         var nic: NetworkDevice = device
         if let faults {
@@ -122,7 +122,7 @@ public final class TapStack: @unchecked Sendable {
         let shared = Unchecked(interface)
         try runtime.run(on: 0) { core in
             try? shared.value.listenTCP(port: 7) { TCPEchoServer() }
-            try? shared.value.listenTCP(port: 80) { HTTPResponder() }
+            try? shared.value.listenTCP(port: 80) { HTTPResponder(idleSeconds: httpIdleSeconds, headerSeconds: httpHeaderSeconds) }
             try? shared.value.bindUDP(port: 7, UDPEchoServer())
             let poller = InterfacePoller()
             poller.add(shared.value)

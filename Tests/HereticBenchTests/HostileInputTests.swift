@@ -185,4 +185,48 @@ struct HostileInputTests {
             _ = validated
         }
     }
+
+    @Test("slowloris peers: silent ones hit the idle timeout, tricklers the header deadline; all are cut off")
+    func slowloris() throws {
+        let id = getpid() % 10_000, n = testbedsMade.add(1, ordering: .relaxed).newValue
+        let bed = try TapTestbed(namespace: "hrt-test-\(id)-\(n)", tap: "hrt\(id)t\(n)")
+        defer { bed.remove() }
+        let stack = try TapStack(device: bed.device, mac: bed.stackMAC, address: bed.stackAddress,
+                                 httpIdleSeconds: 1, httpHeaderSeconds: 2)
+        defer { stack.shutdown() }
+        let r = bed.run(["python3", "-c", """
+            import socket, sys, time
+            silent = [socket.create_connection(("\(bed.stackAddress)", 80), timeout=10) for _ in range(10)]
+            tricklers = [socket.create_connection(("\(bed.stackAddress)", 80), timeout=10) for _ in range(10)]
+            for s in silent: s.sendall(b"G")
+            cut = 0
+            start = time.time()
+            alive = list(tricklers)
+            while alive and time.time() - start < 8:
+                for s in list(alive):
+                    try:
+                        s.sendall(b"E")
+                    except OSError:
+                        alive.remove(s); cut += 1
+                time.sleep(0.5)
+            for s in silent:
+                try:
+                    s.settimeout(0.1)
+                    if s.recv(10) == b"": cut += 1
+                except ConnectionResetError:
+                    cut += 1
+                except socket.timeout:
+                    pass
+            print("cut", cut, "after", round(time.time() - start, 1))
+            sys.exit(0 if cut == 20 else 1)
+            """])
+        #expect(r.status == 0, "every slow peer was cut off: \(r.output)")
+        var left = -1
+        for _ in 0..<100 {
+            left = try stack.onCore { $0.tcpConnectionCount }
+            if left == 0 { break }
+            usleep(20_000)
+        }
+        #expect(left == 0, "and none of them is left in Heretic's table")
+    }
 }

@@ -75,6 +75,13 @@ struct BulkServer: TCPHandler {
     mutating func closed(_ reason: TCPCloseReason) { peer.closed(reason) }
 }
 
+/// Sets an idle timeout as soon as it is connected, and records how it ended.
+struct IdleGuard: TCPHandler {
+    let log: TCPLog
+    mutating func connected(_ connection: inout TCPConnection) { connection.setIdleTimeout(seconds: 1) }
+    mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
+}
+
 /// Collects what arrives.
 struct Collector: TCPHandler {
     let log: TCPLog
@@ -446,4 +453,19 @@ struct IdleClient: TCPHandler {
         Array("x".utf8).withUnsafeBytes { _ = connection.send($0) }
     }
     mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
+}
+
+@Suite("TCP timers set from callbacks")
+struct CallbackTimerTests {
+    @Test("an idle timeout set in an accepted connection's connected callback holds (the handshake's own timer cancel does not undo it)")
+    func idleTimeoutFromConnected() throws {
+        let net = TwoHosts()
+        let log = TCPLog()
+        try net.b.listenTCP(port: 7) { IdleGuard(log: log) }
+        net.a.connectTCP(to: TCPEndpoint(hostB, 7), Collector(log: TCPLog()))
+        net.run(500)
+        #expect(log.closedReason == nil, "not yet")
+        net.run(1500)
+        #expect(log.closedReason == .idle, "silent for a second: aborted as idle")
+    }
 }

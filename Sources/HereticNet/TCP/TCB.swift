@@ -486,7 +486,7 @@ public struct TCB: Sendable, Equatable {
     }
 
     /// When the next idle check is due (nil: no keepalive and no idle timeout).
-    func idleDeadline() -> UInt32? {
+    @usableFromInline func idleDeadline() -> UInt32? {
         guard state == .established || state == .closeWait || state == .finWait2 else { return nil }
         switch (idleDue, keepaliveDue) {
         case let (d?, k?): return Int32(bitPattern: k &- d) < 0 ? k : d

@@ -529,6 +529,14 @@ public struct TCPConnection {
             case .cancelRetransmit:
                 if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
                 slots[Int(slot)].timer = nil
+                // A handler called earlier in this round may have set an idle timeout or
+                // keepalive (in `connected`, say) after the control block chose to cancel:
+                // the timer follows the settings as they are now.
+                if slots[Int(slot)].tcb.keepaliveSeconds != 0 || slots[Int(slot)].tcb.idleTimeoutSeconds != 0,
+                   let due = slots[Int(slot)].tcb.idleDeadline() {
+                    let delay = UInt64(max(0, Int(Int32(bitPattern: due &- layer.clock))))
+                    slots[Int(slot)].timer = layer.timers.arm(at: UInt64(layer.clock) + delay + 1, payload: r)
+                }
             }
         }
     }
