@@ -137,12 +137,49 @@ struct HostileInputTests {
         }
     }
 
-    @Test("a SYN flood: cookies engage, 1000 real connections still echo, memory stays bounded")
+    @Test("a SYN flood while 1000 established connections keep echoing: cookies engage, new handshakes complete, memory stays bounded")
     func synFlood() throws {
         try withTapStack { bed, stack in
             let rssBefore = ProcessStats.residentBytes()
-            // The flood runs in the background while the real clients connect and echo.
-            let flood = rawFrames + """
+            let tag = "/tmp/\(bed.namespace)"
+            // 1000 connections established first; then they echo for 4 s while the flood runs,
+            // and 100 new ones connect in the middle of it.
+            let clients = """
+                import asyncio, random, sys, time
+                HOST = "\(bed.stackAddress)"
+                async def main():
+                    conns = [await asyncio.open_connection(HOST, 7) for _ in range(1000)]
+                    open("\(tag)-ready", "w").close()
+                    rounds = bad = 0
+                    end = time.time() + 4
+                    async def newcomer(i):
+                        await asyncio.sleep(1.5)
+                        r, w = await asyncio.open_connection(HOST, 7)
+                        w.write(b"new %d" % i); await w.drain()
+                        ok = await r.readexactly(len(b"new %d" % i)) == b"new %d" % i
+                        w.close(); return ok
+                    late = asyncio.gather(*(newcomer(i) for i in range(100)))
+                    while time.time() < end:
+                        for i, (r, w) in enumerate(conns):
+                            w.write(b"%d:%d;" % (i, rounds))
+                        for i, (r, w) in enumerate(conns):
+                            want = b"%d:%d;" % (i, rounds)
+                            if await r.readexactly(len(want)) != want: bad += 1
+                        rounds += 1
+                    newcomers = (await late).count(True)
+                    print("rounds", rounds, "bad", bad, "newcomers", newcomers)
+                    return bad == 0 and rounds > 0 and newcomers == 100
+                ok = asyncio.run(asyncio.wait_for(main(), 60))
+                sys.exit(0 if ok else 1)
+                """
+            _ = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(clients)' > \(tag)-clients.log 2>&1; echo exit $? >> \(tag)-clients.log &"])
+            var ready = false
+            for _ in 0..<300 where !ready {
+                ready = access("\(tag)-ready", F_OK) == 0
+                if !ready { usleep(20_000) }
+            }
+            try #require(ready, "1000 connections established before the flood")
+            let flood = """
 
                 end = time.time() + 3
                 n = 0
@@ -153,36 +190,26 @@ struct HostileInputTests {
                         n += 1
                 print("flood", n)
                 """
-            let floodArgs = "\(bed.device.name) \(bed.linuxAddress) \(bed.stackAddress) \(bed.stackMAC)"
-            _ = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(flood)' \(floodArgs) > /tmp/\(bed.namespace)-flood.log 2>&1 &"])
-            usleep(500_000)  // the flood is on
-            let clients = bed.run(["python3", "-c", """
-                import asyncio, random, sys
-                async def one(i):
-                    data = random.Random(i).randbytes(200)
-                    r, w = await asyncio.open_connection("\(bed.stackAddress)", 7)
-                    w.write(data); await w.drain()
-                    back = await r.readexactly(len(data))
-                    w.close(); await w.wait_closed()
-                    return back == data
-                async def main():
-                    return (await asyncio.gather(*(one(i) for i in range(1000)))).count(False)
-                bad = asyncio.run(asyncio.wait_for(main(), 60))
-                print("bad", bad); sys.exit(0 if bad == 0 else 1)
-                """])
-            usleep(3_000_000)  // the flood ends
-            let log = runCommand(["cat", "/tmp/\(bed.namespace)-flood.log"]).output
-            _ = runCommand(["rm", "-f", "/tmp/\(bed.namespace)-flood.log"])
-            #expect(clients.status == 0, "real clients during the flood: \(clients.output)")
-            let (sent, validated, halfOpen) = try stack.onCore { iface in
+            let f = frames(bed, flood)
+            var log = ""
+            for _ in 0..<300 where !log.contains("exit") {
+                log = runCommand(["cat", "\(tag)-clients.log"]).output
+                if !log.contains("exit") { usleep(50_000) }
+            }
+            _ = runCommand(["rm", "-f", "\(tag)-ready", "\(tag)-clients.log"])
+            let (sent, validated, live) = try stack.onCore { iface in
                 (iface.tcp.synCookiesSent, iface.tcp.synCookiesValidated, iface.tcpConnectionCount)
             }
-            #expect(log.contains("flood"), "\(log)")
-            #expect(sent > 0, "the backlog filled and SYN cookies answered (\(log))")
-            #expect(halfOpen <= 4096 + 1000, "half-open connections stay within the backlog")
+            #expect(f.output.contains("flood"), "\(f.output)")
+            #expect(log.contains("exit 0"), "the established connections kept echoing and newcomers got in: \(log)")
+            #expect(sent > 0, "the backlog filled and SYN cookies answered (\(f.output))")
+            // (Newcomers complete through cookies when the stack keeps up with the flood, as
+            // the release build does; a debug build lets the TAP queue overflow, and their SYNs
+            // get through on a retry instead. Either way they completed, above.)
+            _ = validated
+            #expect(live <= 1100 + 4096, "connections stay within established + backlog (\(live))")
             let grown = ProcessStats.residentBytes() - rssBefore
             #expect(grown < 256 << 20, "memory stayed bounded (\(grown) bytes)")
-            _ = validated
         }
     }
 
