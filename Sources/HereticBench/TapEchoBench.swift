@@ -90,6 +90,16 @@ public struct TapEchoBenchmark {
         result.add("echoes_verified", Int(echoes))
         result.add("mismatches", Int(bad))
         result.add("client", "Linux TCP, Python selector loop, one process")
+        // The stack's side of the run: drops by reason and TCP's own counters.
+        let counters = try stack.onCore { iface -> [(String, Int)] in
+            let t = iface.tcp
+            return iface.counters.nonZero + [("retransmissions", t.retransmissions), ("challenge_acks", t.challengeAcks),
+                                              ("syn_cookies_sent", t.synCookiesSent), ("resets_sent", t.resetsSent)]
+        }
+        let wanted: Set<String> = ["framesReceived", "framesSent", "badChecksums", "tcpErrors", "ipv4Errors",
+                                   "noBuffers", "transmitDrops", "retransmissions", "challenge_acks",
+                                   "syn_cookies_sent", "resets_sent"]
+        for (name, value) in counters where wanted.contains(name) { result.add(name, value) }
         return result
     }
 }
