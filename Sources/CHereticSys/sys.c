@@ -217,22 +217,33 @@ int heretic_latch_is_open(heretic_latch *l) {
     return open;
 }
 
-int heretic_tap_open(char *name) {
+static int tap_open(char *name, int vnet) {
     int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return -errno;
     struct ifreq ifr;
     memset(&ifr, 0, sizeof ifr);
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0);
     strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
         int e = errno;
         close(fd);
         return -e;
     }
+    if (vnet) {
+        int size = 10;
+        if (ioctl(fd, TUNSETVNETHDRSZ, &size) < 0 || ioctl(fd, TUNSETOFFLOAD, (unsigned long)TUN_F_CSUM) < 0) {
+            int e = errno;
+            close(fd);
+            return -e;
+        }
+    }
     strncpy(name, ifr.ifr_name, IFNAMSIZ);
     name[IFNAMSIZ - 1] = 0;
     return fd;
 }
+
+int heretic_tap_open(char *name) { return tap_open(name, 0); }
+int heretic_tap_open_vnet(char *name) { return tap_open(name, 1); }
 
 long heretic_fd_read(int fd, void *buffer, size_t capacity) {
     for (;;) {

@@ -43,7 +43,7 @@ struct TapEcho: ParsableCommand {
         signal(SIGTERM) { _ in stopRequested = 1 }
         print("""
             Heretic answers at \(bed.stackAddress) (TCP and UDP echo on port 7, ping) on TAP \(bed.device.name);
-            Linux has \(bed.linuxAddress)/24 in namespace \(netns). Try:
+            Linux has \(bed.linuxAddress)/24 in namespace \(netns); virtio-net headers \(bed.device.vnetHeaders ? "on (checksum offload both ways)" : "off (the kernel offered none)"). Try:
               ip netns exec \(netns) ping -c 3 \(bed.stackAddress)
               ip netns exec \(netns) nc \(bed.stackAddress) 7
               ip netns exec \(netns) curl http://\(bed.stackAddress)/

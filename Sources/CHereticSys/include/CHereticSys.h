@@ -74,6 +74,10 @@ int heretic_latch_is_open(heretic_latch *latch);
 /// (at least 16 bytes) holds the wanted name, or "" for the kernel's choice, and receives
 /// the name given. Returns the descriptor, or -errno.
 int heretic_tap_open(char *name);
+/// The same with a 10-byte virtio-net header before every frame and checksum offload
+/// negotiated (TUN_F_CSUM): the kernel may hand us packets whose checksum it left partial, and
+/// takes ours partial. Returns -errno when the kernel refuses either.
+int heretic_tap_open_vnet(char *name);
 /// Reads one frame into `buffer`; returns its length, 0 when none is waiting, or -errno.
 long heretic_fd_read(int fd, void *buffer, size_t capacity);
 /// Writes one frame; returns 1 when sent, 0 when the device queue is full, or -errno.
