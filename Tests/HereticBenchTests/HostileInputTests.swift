@@ -102,7 +102,7 @@ struct HostileInputTests {
                 s = socket.socket(); s.bind(("\(bed.linuxAddress)", 40400)); s.settimeout(10)
                 s.connect(("\(bed.stackAddress)", 7))
                 open("/tmp/\(bed.namespace)-ready", "w").close()
-                time.sleep(3)
+                time.sleep(5)
                 s.sendall(b"after the attack" * 10)
                 got = b""
                 while len(got) < 160: got += s.recv(4096)
@@ -117,10 +117,13 @@ struct HostileInputTests {
             try #require(ready, "the holder connected")
             let r = frames(bed, """
                 start = random.randrange(1 << 16)
-                for k in range(65536):   # one guess per 64 KiB: the whole space, some in the window
+                # Paced, so the TAP's queue (1000 frames) never overflows and every guess arrives.
+                for k in range(65536):   # one guess per 64 KiB: the whole space, one in the window
                     send(eth(ipv4(tcp(40400, 7, start + (k << 16), 0, 0x04))))          # RST
+                    if k % 256 == 255: time.sleep(0.004)
                 for k in range(0, 65536, 4):
                     send(eth(ipv4(tcp(40400, 7, start + 17 + (k << 16), 0, 0x02))))   # SYN
+                    if k % 1024 == 1020: time.sleep(0.004)
                 print("swept")
                 """)
             #expect(r.status == 0, "\(r.output)")
