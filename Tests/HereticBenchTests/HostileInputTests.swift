@@ -109,11 +109,7 @@ struct HostileInputTests {
                 print("echo ok" if got == b"after the attack" * 10 else "echo bad")
                 """
             _ = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(holder)' > /tmp/\(bed.namespace)-holder.log 2>&1 &"])
-            var ready = false
-            for _ in 0..<100 where !ready {
-                ready = access("/tmp/\(bed.namespace)-ready", F_OK) == 0
-                if !ready { usleep(20_000) }
-            }
+            let ready = eventually(100, every: 20_000) { access("/tmp/\(bed.namespace)-ready", F_OK) == 0 }
             try #require(ready, "the holder connected")
             let r = frames(bed, """
                 start = random.randrange(1 << 16)
@@ -176,11 +172,7 @@ struct HostileInputTests {
                 sys.exit(0 if ok else 1)
                 """
             _ = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(clients)' > \(tag)-clients.log 2>&1; echo exit $? >> \(tag)-clients.log &"])
-            var ready = false
-            for _ in 0..<300 where !ready {
-                ready = access("\(tag)-ready", F_OK) == 0
-                if !ready { usleep(20_000) }
-            }
+            let ready = eventually(300, every: 20_000) { access("\(tag)-ready", F_OK) == 0 }
             try #require(ready, "1000 connections established before the flood")
             let flood = """
 
@@ -297,12 +289,7 @@ struct HostileInputTests {
             sys.exit(0 if cut == 20 else 1)
             """])
         #expect(r.status == 0, "every slow peer was cut off: \(r.output)")
-        var left = -1
-        for _ in 0..<100 {
-            left = try stack.onCore { $0.tcpConnectionCount }
-            if left == 0 { break }
-            usleep(20_000)
-        }
+        let left = try settledCount { try stack.onCore { $0.tcpConnectionCount } }
         #expect(left == 0, "and none of them is left in Heretic's table")
     }
 }

@@ -9,6 +9,25 @@ import Glibc
 
 let testbedsMade = Atomic<Int>(0)
 
+/// Polls `condition` until it holds, at most `tries` times `every` microseconds apart.
+func eventually(_ tries: Int = 100, every microseconds: UInt32 = 20_000, _ condition: () throws -> Bool) rethrows -> Bool {
+    for _ in 0..<tries {
+        if try condition() { return true }
+        usleep(microseconds)
+    }
+    return try condition()
+}
+
+/// Polls `count` until it reaches zero (at most `tries` times); returns the last value.
+func settledCount(_ tries: Int = 100, _ count: () throws -> Int) rethrows -> Int {
+    var last = try count()
+    for _ in 0..<tries where last != 0 {
+        usleep(20_000)
+        last = try count()
+    }
+    return last
+}
+
 /// A fresh namespace and stack (names carry the process id, so runs of the suites in
 /// different processes do not collide; suites using it run one test at a time).
 func withTapStack(faults: FaultInjector.Faults? = nil, _ body: (TapTestbed, TapStack) throws -> Void) throws {
@@ -83,12 +102,7 @@ struct TapInteropTests {
             }
             if vnet { #expect(completed > 0 && bad == 0, "partial checksums completed: \(completed), bad: \(bad)") }
             // The clients closed first; Heretic's ends went through LAST-ACK and are gone.
-            var left = -1
-            for _ in 0..<100 {
-                left = try stack.onCore { $0.tcpConnectionCount }
-                if left == 0 { break }
-                usleep(20_000)
-            }
+            let left = try settledCount { try stack.onCore { $0.tcpConnectionCount } }
             #expect(left == 0, "no connection left in Heretic's table")
         }
     }
@@ -138,21 +152,14 @@ struct TapInteropTests {
         // In the background, bounded by its own timeouts; listening before we connect.
         let started = runCommand(["sh", "-c", "ip netns exec \(bed.namespace) python3 -c '\(server)' > /tmp/\(bed.namespace)-server.log 2>&1 &"])
         #expect(started.status == 0)
-        var listening = false
-        for _ in 0..<100 where !listening {
-            listening = bed.run(["sh", "-c", "ss -ltn | grep -q ':\(port)'"]).status == 0
-            if !listening { usleep(50_000) }
-        }
+        let listening = eventually(100, every: 50_000) { bed.run(["sh", "-c", "ss -ltn | grep -q ':\(port)'"]).status == 0 }
         try #require(listening, "the Python server did not start")
         let log = TransferLog()
         let shared = Unchecked(log)
         let target = TCPEndpoint(bed.linuxAddress, port)
-        try stack.onCore { iface in iface.connectTCP(to: target, UploadClient(log: shared.value, upload: size)) }
-        var done = false
-        for _ in 0..<1200 where !done {
-            done = try stack.onCore { _ in shared.value.closedReason != nil }
-            if !done { usleep(50_000) }
-        }
+        _ = try stack.onCore { iface in iface.connectTCP(to: target, UploadClient(log: shared.value, upload: size)) }
+        // Until it ends (the callers check how).
+        _ = try eventually(1200, every: 50_000) { try stack.onCore { _ in shared.value.closedReason != nil } }
         _ = runCommand(["rm", "-f", "/tmp/\(bed.namespace)-server.log"])
         return try stack.onCore { _ in shared.value.snapshot }
     }
@@ -211,12 +218,7 @@ struct TapInteropTests {
             let r = bed.run(["python3", "-c", script])
             #expect(r.status == 0, "close paths: \(r.output)")
             // Only TIME-WAIT (from the closes Heretic made first) may remain, briefly.
-            var open = -1
-            for _ in 0..<100 {
-                open = try stack.onCore { $0.tcpConnectionCount - $0.tcp.timeWaitCount }
-                if open == 0 { break }
-                usleep(20_000)
-            }
+            let open = try settledCount { try stack.onCore { $0.tcpConnectionCount - $0.tcp.timeWaitCount } }
             #expect(open == 0, "no connection left open in Heretic's table")
         }
     }

@@ -76,18 +76,8 @@ public final class FaultInjector: NetworkDevice {
         guard let rf = receiveFaults else { return inner.receive(into: &frames, limit: limit, pool: pool) }
         _ = inner.receive(into: &arriving, limit: limit, pool: pool)
         for f in arriving {
-            defer { pool.release(f) }
-            if rng.chance(rf.drop) { dropped += 1; continue }
-            let bytes = pool.contents(f)
-            let copies = rng.chance(rf.duplicate) ? 2 : 1
-            if copies == 2 { duplicated += 1 }
-            for _ in 0..<copies {
-                let span = rf.delayMilliseconds.upperBound - rf.delayMilliseconds.lowerBound
-                var due = now + rf.delayMilliseconds.lowerBound + (span == 0 ? 0 : rng.next() % (span + 1))
-                if rng.chance(rf.reorder) { due += rf.reorderMilliseconds; reordered += 1 }
-                receiveHeld.append((due, order, bytes))
-                order += 1
-            }
+            impair(f, rf, pool: pool, into: &receiveHeld)
+            pool.release(f)
         }
         arriving.removeAll(keepingCapacity: true)
         guard !receiveHeld.isEmpty else { return 0 }
@@ -105,26 +95,33 @@ public final class FaultInjector: NetworkDevice {
     public func transmit(_ frames: inout [Packet], pool: PacketPool) {
         if let clock { now = clock() }
         for f in frames {
-            defer { pool.release(f) }
-            if rng.chance(faults.drop) { dropped += 1; continue }
-            var bytes = pool.contents(f)
-            if rng.chance(faults.corrupt), !bytes.isEmpty {
-                let at = Int(rng.next() % UInt64(bytes.count))
-                bytes[at] ^= UInt8(1) << UInt8(rng.next() % 8)
-                corrupted += 1
-            }
-            let copies = rng.chance(faults.duplicate) ? 2 : 1
-            if copies == 2 { duplicated += 1 }
-            for _ in 0..<copies {
-                let span = faults.delayMilliseconds.upperBound - faults.delayMilliseconds.lowerBound
-                var due = now + faults.delayMilliseconds.lowerBound + (span == 0 ? 0 : rng.next() % (span + 1))
-                if rng.chance(faults.reorder) { due += faults.reorderMilliseconds; reordered += 1 }
-                held.append((due, order, bytes))
-                order += 1
-            }
+            impair(f, faults, pool: pool, into: &held)
+            pool.release(f)
         }
         frames.removeAll(keepingCapacity: true)
         release(pool: pool)
+    }
+
+    /// One frame through `f`: dropped, or copied (maybe corrupted) into `queue` once, or twice
+    /// if duplicated, each copy due after its delay (longer if reordered).
+    private func impair(_ frame: Packet, _ f: Faults, pool: PacketPool,
+                        into queue: inout [(due: UInt64, order: UInt64, bytes: [UInt8])]) {
+        if rng.chance(f.drop) { dropped += 1; return }
+        var bytes = pool.contents(frame)
+        if rng.chance(f.corrupt), !bytes.isEmpty {
+            let at = Int(rng.next() % UInt64(bytes.count))
+            bytes[at] ^= UInt8(1) << UInt8(rng.next() % 8)
+            corrupted += 1
+        }
+        let copies = rng.chance(f.duplicate) ? 2 : 1
+        if copies == 2 { duplicated += 1 }
+        for _ in 0..<copies {
+            let span = f.delayMilliseconds.upperBound - f.delayMilliseconds.lowerBound
+            var due = now + f.delayMilliseconds.lowerBound + (span == 0 ? 0 : rng.next() % (span + 1))
+            if rng.chance(f.reorder) { due += f.reorderMilliseconds; reordered += 1 }
+            queue.append((due, order, bytes))
+            order += 1
+        }
     }
 
     /// Frames held back and not yet sent (or, with receive faults, not yet delivered).
