@@ -60,7 +60,8 @@ struct HTTPResponder: TCPHandler {
         let path = parts[1]
         if path == "/" {
             let body = "Heretic: a user-space TCP/IP stack answered this.\n"
-            return respond(200, "OK", contentType: "text/plain", length: body.utf8.count, body: Array(body.utf8), &connection)
+            respond(200, "OK", contentType: "text/plain", length: body.utf8.count, body: Array(body.utf8), &connection)
+            return connection.close()
         }
         if path == "/reset" {  // for tests of close paths: the connection is aborted (RST)
             return connection.abort()
@@ -114,6 +115,5 @@ struct HTTPResponder: TCPHandler {
         var bytes = Array(text.utf8)
         bytes += body
         bytes.withUnsafeBytes { _ = connection.send($0) }
-        if !body.isEmpty { connection.close() }
     }
 }

@@ -321,12 +321,13 @@ public struct TCPConnection {
             return
         }
         layer.reassemblyBytes -= stash.bytes
-        var delivered = false, i = 0
+        var delivered = false, i = 0, consumed = 0
         while i < stash.segments.count, slots[s].inUse {
             let rcvNxt = slots[s].tcb.rcvNxt
             let (sequence, bytes) = stash.segments[i]
             if sequence > rcvNxt { break }  // still behind a hole
             i += 1
+            consumed += bytes.count
             let skip = rcvNxt - sequence
             guard bytes.count > skip else { continue }  // all of it came in order meanwhile
             slots[s].tcb.reassembled(bytes.count - skip, now: layer.clock)
@@ -344,7 +345,7 @@ public struct TCPConnection {
         if stash.segments.isEmpty {
             queues[s].hasStash = false
         } else {
-            stash.bytes = stash.segments.reduce(0) { $0 + $1.bytes.count }
+            stash.bytes -= consumed
             layer.reassemblyBytes += stash.bytes
             layer.reassembly[r] = stash
         }
@@ -511,8 +512,7 @@ public struct TCPConnection {
                     finish(slot, .normal)
                     return
                 }
-                if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
-                slots[Int(slot)].timer = layer.timers.arm(at: UInt64(layer.clock) + UInt64(ms) + 1, payload: r)
+                setTimer(slot, afterMilliseconds: ms)
                 if !slots[Int(slot)].inTimeWait {
                     // For the application the connection is over: both FINs went by. Only the
                     // stack keeps the 4-tuple, for stray segments.
@@ -524,21 +524,26 @@ public struct TCPConnection {
                     slots[Int(slot)].handler = handler
                 }
             case .armRetransmit(let ms):
-                if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
-                slots[Int(slot)].timer = layer.timers.arm(at: UInt64(layer.clock) + UInt64(ms) + 1, payload: r)
+                setTimer(slot, afterMilliseconds: ms)
             case .cancelRetransmit:
-                if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
-                slots[Int(slot)].timer = nil
                 // A handler called earlier in this round may have set an idle timeout or
                 // keepalive (in `connected`, say) after the control block chose to cancel:
                 // the timer follows the settings as they are now.
                 if slots[Int(slot)].tcb.keepaliveSeconds != 0 || slots[Int(slot)].tcb.idleTimeoutSeconds != 0,
                    let due = slots[Int(slot)].tcb.idleDeadline() {
-                    let delay = UInt64(max(0, Int(Int32(bitPattern: due &- layer.clock))))
-                    slots[Int(slot)].timer = layer.timers.arm(at: UInt64(layer.clock) + delay + 1, payload: r)
+                    setTimer(slot, afterMilliseconds: max(0, Int(Int32(bitPattern: due &- layer.clock))))
+                } else {
+                    setTimer(slot, afterMilliseconds: nil)
                 }
             }
         }
+    }
+
+    /// (Re)arms the connection's one timer to fire after `ms` milliseconds (rounded up a
+    /// tick, so never early), or stops it (nil).
+    @inlinable func setTimer(_ slot: UInt32, afterMilliseconds ms: Int?) {
+        if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
+        slots[Int(slot)].timer = ms.map { layer.timers.arm(at: UInt64(layer.clock) + UInt64($0) + 1, payload: ref(slot)) }
     }
 
     @inlinable func connection(_ slot: UInt32) -> TCPConnection {
