@@ -192,16 +192,13 @@ struct HostileInputTests {
                 if !log.contains("exit") { usleep(50_000) }
             }
             _ = runCommand(["rm", "-f", "\(tag)-ready", "\(tag)-clients.log"])
-            let (sent, validated, live) = try stack.onCore { iface in
-                (iface.tcp.synCookiesSent, iface.tcp.synCookiesValidated, iface.tcpConnectionCount)
-            }
+            let (sent, live) = try stack.onCore { iface in (iface.tcp.synCookiesSent, iface.tcpConnectionCount) }
             #expect(f.output.contains("flood"), "\(f.output)")
             #expect(log.contains("exit 0"), "the established connections kept echoing and newcomers got in: \(log)")
             #expect(sent > 0, "the backlog filled and SYN cookies answered (\(f.output))")
             // (Newcomers complete through cookies when the stack keeps up with the flood, as
             // the release build does; a debug build lets the TAP queue overflow, and their SYNs
             // get through on a retry instead. Either way they completed, above.)
-            _ = validated
             #expect(live <= 1100 + 4096, "connections stay within established + backlog (\(live))")
             let grown = ProcessStats.residentBytes() - rssBefore
             #expect(grown < 256 << 20, "memory stayed bounded (\(grown) bytes)")
