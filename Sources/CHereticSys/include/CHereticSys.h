@@ -89,4 +89,6 @@ void heretic_fd_close(int fd);
 /// if it could not start (128 + signal if killed).
 int heretic_run(char *const argv[], char *output, size_t capacity);
 
+#include "heretic_kernel.h"
+
 #endif

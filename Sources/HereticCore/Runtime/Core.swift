@@ -19,6 +19,17 @@ import Synchronization
 public protocol CorePoller: AnyObject {
     /// Does pending work; returns how much (0 lets the core go idle).
     func poll(_ core: Core) -> Int
+    /// Whether the poller can block in the kernel for the core (io_uring, epoll). A core
+    /// whose only poller can sleeps in it when idle; otherwise it keeps polling.
+    var canSleep: Bool { get }
+    /// Blocks until the poller has work, `wakeFD` (the core's wake-up eventfd) is signalled,
+    /// or `timeoutNanoseconds` pass (-1: no limit). Returns false if it did not block.
+    func sleep(_ core: Core, wakeFD: Int32, timeoutNanoseconds: Int64) -> Bool
+}
+
+extension CorePoller {
+    public var canSleep: Bool { false }
+    public func sleep(_ core: Core, wakeFD: Int32, timeoutNanoseconds: Int64) -> Bool { false }
 }
 
 /// One reactor: a loop on its own pinned OS thread owning a timer wheel, task pools, an async
@@ -392,10 +403,11 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
     }
 
     private func idle(now: UInt64) {
-        if idleSpinNanoseconds > 0 && spinUntilWork(now: now) { return }
+        let sleeper = pollers.count == 1 && pollers[0].canSleep ? pollers[0] : nil
+        if pollers.isEmpty && idleSpinNanoseconds > 0 && spinUntilWork(now: now) { return }
         sleeping.store(true, ordering: .relaxed)
         Atomics.atomicMemoryFence(ordering: AtomicUpdateOrdering.sequentiallyConsistent)  // pairs with the fence in post
-        if hasPendingMessages || !pollers.isEmpty {
+        if hasPendingMessages || (!pollers.isEmpty && sleeper == nil) {
             sleeping.store(false, ordering: .relaxed)
             return
         }
@@ -407,7 +419,14 @@ public final class Core: TaskExecutor, SerialExecutor, @unchecked Sendable {
             let t = heretic_monotonic_ns()
             timeout = wake > t ? Int64(clamping: wake - t) : 0
         }
-        if timeout != 0 { _ = heretic_eventfd_wait_ns(wakeFD, timeout) }
+        if timeout != 0 {
+            if let sleeper {
+                // The poller sleeps in its own kernel wait, which also watches the wake-up fd.
+                _ = sleeper.sleep(self, wakeFD: wakeFD, timeoutNanoseconds: timeout)
+            } else {
+                _ = heretic_eventfd_wait_ns(wakeFD, timeout)
+            }
+        }
         sleeping.store(false, ordering: .relaxed)
     }
 

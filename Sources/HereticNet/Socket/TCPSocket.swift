@@ -49,7 +49,10 @@ public enum TCPStatus: Equatable, Sendable {
 public final class TCPSocket: @unchecked Sendable {
     enum Phase { case connecting, open, closed }
 
-    @usableFromInline unowned(unsafe) let layer: TCPLayer
+    /// The engine carrying the connection (held unretained: it outlives its sockets), a
+    /// `TCPLayer` or, with `onKernel`, a `KernelNetwork`.
+    @usableFromInline let engine: UnsafeMutableRawPointer
+    @usableFromInline let onKernel: Bool
     /// The core whose loop polls the interface (for async timeouts and cancellation).
     let core: Core?
     var ref: UInt64 = 0
@@ -79,10 +82,25 @@ public final class TCPSocket: @unchecked Sendable {
     var waitIDs: [UInt64] = [0, 0, 0, 0]
 
     init(layer: TCPLayer, remote: TCPEndpoint, receiveCapacity: Int) {
-        self.layer = layer
+        self.engine = Unmanaged.passUnretained(layer).toOpaque()
+        self.onKernel = false
         self.core = Core.current
         self.remote = remote
         self.receiveCapacity = max(1460, receiveCapacity)
+    }
+
+    init(kernel: KernelNetwork, remote: TCPEndpoint, receiveCapacity: Int) {
+        self.engine = Unmanaged.passUnretained(kernel).toOpaque()
+        self.onKernel = true
+        self.core = Core.current
+        self.remote = remote
+        self.receiveCapacity = max(1460, receiveCapacity)
+    }
+
+    /// The connection as the engine's calls take it.
+    var handle: TCPConnection {
+        onKernel ? TCPConnection(kernel: Unmanaged.fromOpaque(engine).takeUnretainedValue(), ref: ref, remote: remote, localPort: localPort)
+            : TCPConnection(layer: Unmanaged.fromOpaque(engine).takeUnretainedValue(), ref: ref, remote: remote, localPort: localPort)
     }
 
     /// Bytes received and not yet read.
@@ -90,7 +108,7 @@ public final class TCPSocket: @unchecked Sendable {
     /// Whether the connection is established and not closed.
     public var isOpen: Bool { phase == .open }
     /// Bytes written and not yet acknowledged by the peer.
-    public var bytesQueued: Int { phase == .open ? layer.queued(ref) : 0 }
+    public var bytesQueued: Int { phase == .open ? handle.bytesQueued : 0 }
     /// Send queues above this hold writers back (`write` waits; `waitWritable` reports it).
     public static let writeLimit = TCPLayer.writableThreshold
 
@@ -161,7 +179,7 @@ public final class TCPSocket: @unchecked Sendable {
             inbox = []  // lazy IO: an idle connection holds no buffer
             head = 0
         }
-        if phase == .open { layer.setReceiveWindow(ref, receiveCapacity - available) }
+        if phase == .open { handle.setReceiveWindow(receiveCapacity - available) }
         return n
     }
 
@@ -177,7 +195,7 @@ public final class TCPSocket: @unchecked Sendable {
     /// Queues bytes to send (copied). Fails once the connection is closed or closing.
     public func send(_ bytes: UnsafeRawBufferPointer) -> TCPStatus {
         guard phase == .open else { return .failure(error ?? .closed) }
-        return layer.send(ref, bytes) ? .ok : .failure(.closed)
+        return handle.send(bytes) ? .ok : .failure(.closed)
     }
 
     /// Queues bytes to send (copied).
@@ -186,25 +204,25 @@ public final class TCPSocket: @unchecked Sendable {
     /// Sends FIN after everything queued (graceful close). Reading may go on until the peer
     /// finishes too.
     public func shutdownOutput() {
-        if phase == .open { layer.close(ref) }
+        if phase == .open { handle.close() }
     }
 
     /// Sends RST and ends the connection at once.
     public func abort() {
-        if phase != .closed { layer.abort(ref) }
+        if phase != .closed { handle.abort() }
     }
 
     /// Keepalive and the idle timeout, as for handler connections.
     public func setKeepalive(seconds: Int) {
-        if phase == .open { layer.setIdleSettings(ref) { $0.keepaliveSeconds = UInt16(clamping: max(0, seconds)) } }
+        if phase == .open { handle.setKeepalive(seconds: seconds) }
     }
 
     public func setIdleTimeout(seconds: Int) {
-        if phase == .open { layer.setIdleSettings(ref) { $0.idleTimeoutSeconds = UInt16(clamping: max(0, seconds)) } }
+        if phase == .open { handle.setIdleTimeout(seconds: seconds) }
     }
 
     public func setNoDelay(_ noDelay: Bool) {
-        if phase == .open { layer.setNoDelay(ref, noDelay) }
+        if phase == .open { handle.setNoDelay(noDelay) }
     }
 
     // MARK: Blocking-style calls for stackless tasks
@@ -231,7 +249,7 @@ public final class TCPSocket: @unchecked Sendable {
     public func close(notify event: EventRef<TCPStatus>) -> Bool {
         if phase == .closed { return true }
         closeEvent = event
-        if phase == .open { layer.close(ref) } else { layer.abort(ref) }
+        if phase == .open { handle.close() } else { handle.abort() }
         return false
     }
 
@@ -282,7 +300,7 @@ public final class TCPSocket: @unchecked Sendable {
             if let error { throw error }
             return
         }
-        if phase == .open { layer.close(ref) } else { layer.abort(ref) }
+        if phase == .open { handle.close() } else { handle.abort() }
         if case .failed(let e) = await suspend(.close, isolation: isolation), e != .closed { throw e }
     }
 

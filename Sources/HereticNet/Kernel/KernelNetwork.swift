@@ -1,0 +1,1056 @@
+import CHereticSys
+import Glibc
+import HereticCore
+
+/// Which kernel interface carries a `KernelNetwork`'s IO.
+public enum KernelBackend: String, Sendable, CaseIterable {
+    /// io_uring: multishot accept and receive into a provided-buffer ring, sends batched
+    /// and submitted once per loop turn.
+    case uring = "io_uring"
+    /// epoll, edge-triggered, with non-blocking reads and writes: the fallback where
+    /// io_uring is missing or disabled.
+    case epoll
+}
+
+/// TCP over Linux's own sockets, driven by one core's loop: the engine for deployments that
+/// hand Heretic no NIC. It serves the same APIs as the user-space stack (handler structs with
+/// `TCPConnection`, `TCPSocket` for async code and blocking-style calls in stackless tasks)
+/// with the same error vocabulary.
+///
+/// One engine per core, made on that core (it adds itself to the core's loop and, when it is
+/// the core's only poller, lets the core sleep in the kernel until IO or a message arrives).
+/// Listeners use SO_REUSEPORT, so every core can listen on the same port and the kernel
+/// spreads connections across them.
+///
+/// Per connection the engine keeps an 80-byte slot and the handler inline; send buffers exist
+/// only while data waits to go out, and received data is read into shared ring buffers (no
+/// buffer per idle connection).
+public final class KernelNetwork: CorePoller {
+    public let backend: KernelBackend
+    /// Why this backend was chosen (for logs and benchmark output).
+    public let backendReason: String
+    @usableFromInline unowned(unsafe) let core: Core
+
+    // io_uring
+    @usableFromInline var ring: OpaquePointer?
+    /// The setup flags the ring got (single issuer, deferred task work where available).
+    public private(set) var ringFlags: UInt32 = 0
+    static let bufferGroup: UInt16 = 7
+    /// Receive buffers in the provided ring, and their size.
+    public let receiveBuffers: Int
+    public let receiveBufferSize: Int
+    // epoll
+    var epollFD: Int32 = -1
+    /// Scratch buffer epoll reads land in before the handler sees them.
+    let scratch: UnsafeMutableRawPointer
+    static let scratchSize = 65_536
+
+    let completions: UnsafeMutablePointer<heretic_completion>
+    static let completionBatch = 1024
+
+    /// Connections: a slot each, in a table that never moves.
+    @usableFromInline let slots = ChunkedStore<KernelSlot>()
+    @usableFromInline var freeSlots: [UInt32] = []
+    @usableFromInline var arenas: [AnyKernelArena] = []
+    /// Arenas for actively opened connections, one per handler type.
+    @usableFromInline var connectArenas: [ObjectIdentifier: AnyKernelArena] = [:]
+    var listeners: [KernelListenerState] = []
+    /// Connections with data queued and no send in flight (io_uring: submitted at the end of
+    /// the turn, so several sends of one turn go out as one).
+    @usableFromInline var flushList: [UInt32] = []
+    /// Connections whose close or abort waits until no callback runs.
+    @usableFromInline var finishing: [(slot: UInt32, generation: UInt32, reason: TCPCloseReason)] = []
+    /// epoll: connections with unread data left (paused reads resumed, or a read batch cut short).
+    var readAgain: [UInt32] = []
+    var timers: TimerWheel
+    var expired: [UInt64] = []
+    /// Send buffers of the usual size kept for reuse.
+    @usableFromInline var spareBuffers: [UnsafeMutableRawPointer] = []
+    @usableFromInline static let sendBufferSize = 16_384
+    @usableFromInline static let spareLimit = 1024
+    var wakeArmed = false
+    var wakeFD: Int32 = -1
+    /// Nesting depth of handler callbacks: closes requested inside one wait until it returns.
+    @usableFromInline var callbackDepth = 0
+
+    // Counters
+    public private(set) var accepted = 0
+    public private(set) var connected = 0
+    public private(set) var closedNormally = 0
+    public private(set) var failures = 0
+    /// Accepts that failed (descriptor limits, memory), re-armed after.
+    public private(set) var acceptErrors = 0
+    /// io_uring receive rearms after the buffer ring ran dry.
+    public private(set) var receiveBufferStarvation = 0
+    @usableFromInline var bytesSent = 0
+    public private(set) var bytesReceived = 0
+    public var bytesSentTotal: Int { bytesSent }
+    /// System calls into io_uring (submissions and waits) or epoll_wait.
+    public var enters: UInt64 { ring.map { heretic_ring_enters($0) } ?? epollWaits }
+    var epollWaits: UInt64 = 0
+
+    /// Chooses io_uring unless `HERETIC_KERNEL_BACKEND=epoll` asks otherwise, it is disabled
+    /// (`/proc/sys/kernel/io_uring_disabled`), or it cannot be set up here: then epoll.
+    public init(core: Core, backend requested: KernelBackend? = nil, ringEntries: Int = 4096,
+                receiveBuffers: Int = 4096, receiveBufferSize: Int = 4096) throws(NetError) {
+        precondition(core.isCurrent, "Heretic: make a KernelNetwork on its own core")
+        self.core = core
+        self.receiveBuffers = receiveBuffers
+        self.receiveBufferSize = receiveBufferSize
+        scratch = .allocate(byteCount: Self.scratchSize, alignment: 64)
+        completions = .allocate(capacity: Self.completionBatch)
+        timers = TimerWheel(startTick: core.nowMilliseconds)
+
+        var choice = requested
+        var reason = requested.map { "\($0.rawValue) requested" } ?? ""
+        if choice == nil {
+            if let env = getenvString("HERETIC_KERNEL_BACKEND"), let forced = KernelBackend(rawValue: env) {
+                choice = forced
+                reason = "HERETIC_KERNEL_BACKEND=\(env)"
+            } else if heretic_io_uring_disabled() > 0 {
+                choice = .epoll
+                reason = "io_uring disabled (/proc/sys/kernel/io_uring_disabled = \(heretic_io_uring_disabled()))"
+            }
+        }
+        if choice != .epoll {
+            var r: OpaquePointer?
+            let flags = heretic_ring_open(&r, UInt32(ringEntries), UInt32(ringEntries * 16))
+            if flags >= 0, let r {
+                let b = heretic_ring_setup_buffers(r, Self.bufferGroup, UInt32(receiveBuffers), UInt32(receiveBufferSize))
+                if b == 0 {
+                    ring = r
+                    ringFlags = UInt32(flags)
+                    if reason.isEmpty { reason = "io_uring available" }
+                } else {
+                    heretic_ring_close(r)
+                    reason = "io_uring has no provided buffer rings here (\(String(cString: heretic_strerror(-b))))"
+                }
+            } else {
+                reason = "io_uring cannot be set up (\(String(cString: heretic_strerror(-flags))))"
+            }
+            if ring == nil && choice == .uring {
+                scratch.deallocate()
+                completions.deallocate()
+                timers.release()
+                throw .device(reason)
+            }
+        }
+        if ring != nil {
+            backend = .uring
+        } else {
+            let ep = heretic_epoll_create()
+            guard ep >= 0 else {
+                scratch.deallocate()
+                completions.deallocate()
+                timers.release()
+                throw .device("epoll_create: \(String(cString: heretic_strerror(-ep)))")
+            }
+            epollFD = ep
+            backend = .epoll
+        }
+        backendReason = reason
+        core.addPoller(self)
+    }
+
+    deinit {
+        for i in slots.indices where slots[i].fd >= 0 { heretic_close(slots[i].fd) }
+        for l in listeners where l.fd >= 0 { heretic_close(l.fd) }
+        for i in slots.indices { slots[i].out.release(spare: &spareBuffers) }
+        for b in spareBuffers { b.deallocate() }
+        if let ring { heretic_ring_close(ring) }
+        if epollFD >= 0 { heretic_close(epollFD) }
+        scratch.deallocate()
+        completions.deallocate()
+        timers.release()
+    }
+
+    /// Connections alive (accepted or connecting, not yet closed for the application).
+    public var connectionCount: Int { slots.count - freeSlots.count }
+
+    // MARK: API
+
+    /// Accepts connections on `port` (SO_REUSEPORT: other cores may listen on it too), each
+    /// with a handler made by `makeHandler`. `address` limits it to one local address.
+    /// Returns the port bound (the kernel's choice for port 0).
+    @discardableResult
+    public func listenTCP<H: TCPHandler>(port: UInt16, address: IPv4Address = .any, backlog: Int = 4096,
+                                         _ makeHandler: @escaping () -> H) throws(NetError) -> UInt16 {
+        let arena = KernelArena<H>(makeHandler: makeHandler)
+        return try addListener(port: port, address: address, backlog: backlog, arena: arena)
+    }
+
+    /// Opens a connection to `remote`; `handler` hears of it (`connected`, or `closed` with
+    /// `.refused` or `.timedOut`). Returns 0: the kernel picks the local port, told in
+    /// `connected` (`TCPConnection.localPort`).
+    @discardableResult
+    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, _ handler: H) -> UInt16 {
+        let key = ObjectIdentifier(H.self)
+        let arena: KernelArena<H>
+        if let a = connectArenas[key] as? KernelArena<H> {
+            arena = a
+        } else {
+            arena = KernelArena<H>(makeHandler: nil)
+            register(arena)
+            connectArenas[key] = arena
+        }
+        _ = open(to: remote, timeoutMilliseconds: timeoutMilliseconds, arena: arena, handler: arena.store(handler))
+        return 0
+    }
+
+    /// Stops listening on `port`, the port bound (connections already accepted go on).
+    public func stopListening(port: UInt16) {
+        for i in listeners.indices where listeners[i].port == port && listeners[i].fd >= 0 {
+            let fd = listeners[i].fd
+            listeners[i].fd = -1
+            if let ring {
+                // The multishot accept holds the socket open: cancel it (done when the
+                // submission returns), then close.
+                _ = heretic_ring_cancel_fd(ring, fd, KernelOp.cancel.userData(slot: UInt32.max, generation: 0))
+                _ = heretic_ring_enter(ring, -1, 0)
+            }
+            heretic_close(fd)
+        }
+    }
+
+    func register(_ arena: AnyKernelArena) {
+        precondition(arenas.count < 255, "Heretic: more than 255 handler types on one KernelNetwork")
+        arena.index = UInt8(arenas.count)
+        arenas.append(arena)
+    }
+
+    func addListener(port: UInt16, address: IPv4Address, backlog: Int, arena: AnyKernelArena) throws(NetError) -> UInt16 {
+        let fd = heretic_tcp_listen(address.raw, port, Int32(clamping: backlog), 1, backend == .epoll ? 1 : 0)
+        guard fd >= 0 else {
+            if -fd == EADDRINUSE { throw .addressInUse(port) }
+            throw .device("listen on \(address):\(port): \(String(cString: heretic_strerror(-fd)))")
+        }
+        var a: UInt32 = 0, p: UInt16 = 0
+        _ = heretic_tcp_local(fd, &a, &p)
+        register(arena)
+        let index = UInt32(listeners.count)
+        listeners.append(KernelListenerState(fd: fd, port: p, arena: arena))
+        if backend == .uring {
+            armAccept(index)
+        } else {
+            _ = heretic_epoll_ctl(epollFD, 1, fd, HERETIC_EPOLLIN, KernelOp.accept.userData(slot: index, generation: 0))
+        }
+        return p
+    }
+
+    func armAccept(_ index: UInt32) {
+        guard let ring, listeners[Int(index)].fd >= 0 else { return }
+        _ = heretic_ring_accept_multishot(ring, listeners[Int(index)].fd, KernelOp.accept.userData(slot: index, generation: 0))
+    }
+
+    // MARK: Slots
+
+    @usableFromInline func allocateSlot(fd: Int32, arena: AnyKernelArena, handler: UInt32) -> UInt32 {
+        var s = KernelSlot()
+        s.fd = fd
+        s.arena = arena.index
+        s.handler = handler
+        if let i = freeSlots.popLast() {
+            s.generation = slots[Int(i)].generation &+ 1
+            slots[Int(i)] = s
+            return i
+        }
+        slots.append(s)
+        return UInt32(slots.count - 1)
+    }
+
+    @usableFromInline func connection(_ slot: UInt32) -> TCPConnection {
+        let s = slots[Int(slot)]
+        return TCPConnection(kernel: self, ref: UInt64(s.generation) << 32 | UInt64(slot),
+                             remote: TCPEndpoint(IPv4Address(raw: s.remoteAddress), s.remotePort), localPort: s.localPort)
+    }
+
+    /// The slot of a live connection's reference, or nil when it has closed meanwhile.
+    @inlinable func live(_ ref: UInt64) -> UInt32? {
+        let slot = UInt32(truncatingIfNeeded: ref)
+        guard Int(slot) < slots.count, slots[Int(slot)].generation == UInt32(truncatingIfNeeded: ref >> 32),
+              slots[Int(slot)].has(.open) else { return nil }
+        return slot
+    }
+
+    /// Starts a connection; returns its reference.
+    func open(to remote: TCPEndpoint, timeoutMilliseconds: Int?, arena: AnyKernelArena, handler: UInt32) -> UInt64 {
+        let fd = heretic_tcp_socket(backend == .epoll ? 1 : 0)
+        guard fd >= 0 else {
+            // Out of descriptors: refused, said once the caller's callback (if any) returns.
+            let slot = allocateSlot(fd: -1, arena: arena, handler: handler)
+            slots[Int(slot)].set(.open)
+            finishing.append((slot, slots[Int(slot)].generation, .refused))
+            return UInt64(slots[Int(slot)].generation) << 32 | UInt64(slot)
+        }
+        let slot = allocateSlot(fd: fd, arena: arena, handler: handler)
+        slots[Int(slot)].remoteAddress = remote.address.raw
+        slots[Int(slot)].remotePort = remote.port
+        slots[Int(slot)].set([.open, .connecting])
+        let gen = slots[Int(slot)].generation
+        if let ms = timeoutMilliseconds {
+            _ = timers.arm(at: core.nowMilliseconds &+ UInt64(max(1, ms)), payload: KernelOp.connectTimeout.userData(slot: slot, generation: gen))
+        }
+        if let ring {
+            _ = heretic_ring_connect(ring, fd, remote.address.raw, remote.port, KernelOp.connect.userData(slot: slot, generation: gen))
+            slots[Int(slot)].set(.connectInFlight)
+        } else {
+            let rc = heretic_tcp_connect(fd, remote.address.raw, remote.port)
+            if rc == 0 || rc == -EINPROGRESS {
+                _ = heretic_epoll_ctl(epollFD, 1, fd, HERETIC_EPOLLIN | HERETIC_EPOLLOUT | HERETIC_EPOLLRDHUP | HERETIC_EPOLLET,
+                                      KernelOp.io.userData(slot: slot, generation: gen))
+            } else {
+                finishing.append((slot, gen, Self.reason(forConnectError: -rc)))
+            }
+        }
+        return UInt64(gen) << 32 | UInt64(slot)
+    }
+
+    // MARK: Sending
+
+    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard let slot = live(ref) else { return false }
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        if p.pointee.has(.closeRequested) { return false }
+        let n = bytes.count
+        guard n > 0 else { return true }
+        bytesSent &+= n
+        if ring == nil {
+            // epoll: write at once when nothing is queued; keep what the kernel cannot take.
+            var offset = 0
+            if p.pointee.out.isEmpty && !p.pointee.has(.connecting) {
+                let w = heretic_sock_send(p.pointee.fd, bytes.baseAddress, n)
+                if w == n { return true }
+                if w > 0 { offset = w }
+                else if w != -Int(EAGAIN) {
+                    // The connection failed: the error event reports it; nothing more goes out.
+                    return true
+                }
+            }
+            p.pointee.out.append(UnsafeRawBufferPointer(rebasing: bytes[offset...]), spare: &spareBuffers)
+            if p.pointee.out.queued >= TCPLayer.writableThreshold { p.pointee.set(.wantWritable) }
+            return true
+        }
+        p.pointee.out.append(bytes, spare: &spareBuffers)
+        if !p.pointee.has(.flushQueued) && !p.pointee.has(.sendInFlight) && !p.pointee.has(.connecting) {
+            p.pointee.set(.flushQueued)
+            flushList.append(slot)
+        }
+        if p.pointee.out.queued >= TCPLayer.writableThreshold { p.pointee.set(.wantWritable) }
+        return true
+    }
+
+    /// io_uring: submits the pending bytes of `slot` as one send.
+    @usableFromInline func submitSend(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        p.pointee.clear(.flushQueued)
+        guard let ring, !p.pointee.has(.sendInFlight), !p.pointee.has(.tearingDown), p.pointee.out.promote() else { return }
+        let (base, length) = p.pointee.out.unsent
+        _ = heretic_ring_send(ring, p.pointee.fd, base, UInt32(length), KernelOp.send.userData(slot: slot, generation: p.pointee.generation))
+        p.pointee.set(.sendInFlight)
+    }
+
+    func flushSends() {
+        guard !flushList.isEmpty else { return }
+        var i = 0
+        while i < flushList.count {
+            submitSend(flushList[i])
+            i += 1
+        }
+        flushList.removeAll(keepingCapacity: flushList.capacity <= 65_536)
+    }
+
+    /// The queue drained: FIN if a close waits for it, `writable` if the application was
+    /// held back.
+    func drained(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        if p.pointee.has(.closeRequested) {
+            sendFIN(slot)
+            return
+        }
+        if p.pointee.has(.wantWritable) && p.pointee.out.queued < TCPLayer.writableThreshold {
+            p.pointee.clear(.wantWritable)
+            callback(slot) { a, h, c in a.writable(h, &c) }
+        }
+    }
+
+    func sendFIN(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        guard !p.pointee.has(.finSent) else { return }
+        p.pointee.set(.finSent)
+        _ = heretic_tcp_shutdown_write(p.pointee.fd)
+        if p.pointee.has(.peerFinished) { finishSoon(slot, .normal) }
+    }
+
+    // MARK: Closing
+
+    @usableFromInline func close(_ ref: UInt64) {
+        guard let slot = live(ref) else { return }
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        if p.pointee.has(.connecting) {
+            finishSoon(slot, .normal)
+            return
+        }
+        guard !p.pointee.has(.closeRequested) else { return }
+        p.pointee.set(.closeRequested)
+        if p.pointee.out.isEmpty && !p.pointee.has(.sendInFlight) { sendFIN(slot) }
+    }
+
+    @usableFromInline func abort(_ ref: UInt64) {
+        guard let slot = live(ref) else { return }
+        slots[Int(slot)].set(.abortive)
+        finishSoon(slot, .reset)
+    }
+
+    /// Ends the connection for the application once no callback runs.
+    @usableFromInline func finishSoon(_ slot: UInt32, _ reason: TCPCloseReason) {
+        if callbackDepth == 0 {
+            finish(slot, reason)
+        } else {
+            finishing.append((slot, slots[Int(slot)].generation, reason))
+        }
+    }
+
+    func runFinishing() {
+        while callbackDepth == 0, !finishing.isEmpty {
+            let work = finishing
+            finishing.removeAll()
+            for (slot, gen, reason) in work where slots[Int(slot)].generation == gen {
+                finish(slot, reason)
+            }
+        }
+    }
+
+    /// Tells the handler (once) and tears the socket down: at once with epoll; with io_uring
+    /// after every request on it has completed (their buffers and slot stay valid until then).
+    func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        if p.pointee.has(.open) {
+            p.pointee.clear(.open)
+            if reason == .normal { closedNormally += 1 } else { failures += 1 }
+            let arena = arenas[Int(p.pointee.arena)]
+            callbackDepth += 1
+            arena.closed(p.pointee.handler, reason)
+            callbackDepth -= 1
+        }
+        guard !p.pointee.has(.tearingDown) else { return }
+        p.pointee.set(.tearingDown)
+        if p.pointee.has(.abortive) && p.pointee.fd >= 0 { _ = heretic_tcp_set_linger_zero(p.pointee.fd) }
+        if let ring, p.pointee.fd >= 0, p.pointee.has(.recvArmed) || p.pointee.has(.sendInFlight) || p.pointee.has(.connectInFlight) {
+            _ = heretic_ring_cancel_fd(ring, p.pointee.fd, KernelOp.cancel.userData(slot: slot, generation: p.pointee.generation))
+            p.pointee.set(.cancelInFlight)
+            return
+        }
+        release(slot)
+    }
+
+    /// Frees a torn-down slot once nothing of the kernel's refers to it.
+    func release(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        guard p.pointee.has(.tearingDown), !p.pointee.has(.recvArmed), !p.pointee.has(.sendInFlight),
+              !p.pointee.has(.connectInFlight), !p.pointee.has(.cancelInFlight), !p.pointee.has(.released) else { return }
+        p.pointee.set(.released)
+        if p.pointee.fd >= 0 { heretic_close(p.pointee.fd) }
+        p.pointee.fd = -1
+        p.pointee.out.release(spare: &spareBuffers)
+        freeSlots.append(slot)
+        if freeSlots.count == slots.count {
+            // Every connection is gone: hand the table's chunks back.
+            slots.truncate(to: 0)
+            freeSlots.removeAll()
+        }
+    }
+
+    // MARK: Settings
+
+    @usableFromInline func queued(_ ref: UInt64) -> Int {
+        guard let slot = live(ref) else { return 0 }
+        return slots[Int(slot)].out.queued
+    }
+
+    @usableFromInline func setNoDelay(_ ref: UInt64, _ on: Bool) {
+        guard let slot = live(ref), slots[Int(slot)].fd >= 0 else { return }
+        _ = heretic_tcp_set_nodelay(slots[Int(slot)].fd, on ? 1 : 0)
+    }
+
+    @usableFromInline func setKeepalive(_ ref: UInt64, _ seconds: Int) {
+        guard let slot = live(ref), slots[Int(slot)].fd >= 0 else { return }
+        _ = heretic_tcp_set_keepalive(slots[Int(slot)].fd, Int32(clamping: max(0, seconds)))
+    }
+
+    @usableFromInline func setIdleTimeout(_ ref: UInt64, _ seconds: Int) {
+        guard let slot = live(ref) else { return }
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        p.pointee.idleSeconds = UInt16(clamping: max(0, seconds))
+        p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds)
+        if seconds > 0 && !p.pointee.has(.idleTimerArmed) {
+            p.pointee.set(.idleTimerArmed)
+            _ = timers.arm(at: core.nowMilliseconds &+ UInt64(seconds) * 1000,
+                           payload: KernelOp.idleTimeout.userData(slot: slot, generation: p.pointee.generation))
+        }
+    }
+
+    /// The application can take `bytes` more: at 0 reading stops (the kernel's window
+    /// closes as its buffer fills), and resumes when room returns.
+    @usableFromInline func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
+        guard let slot = live(ref) else { return }
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        p.pointee.set(.windowed)
+        p.pointee.window = UInt32(clamping: max(0, bytes))
+        if bytes <= 0 {
+            p.pointee.set(.readPaused)
+        } else if p.pointee.has(.readPaused) {
+            p.pointee.clear(.readPaused)
+            if ring != nil {
+                armReceive(slot)
+            } else {
+                readAgain.append(slot)
+            }
+        }
+    }
+
+    // MARK: The loop
+
+    public func poll(_ core: Core) -> Int {
+        var work = 0
+        let now = core.nowMilliseconds
+        if timers.count > 0 && timers.nextHint <= now {
+            timers.advance(to: now &+ 1, into: &expired)
+            for e in expired { timerFired(e) }
+            work += expired.count
+            expired.removeAll(keepingCapacity: true)
+            runFinishing()
+        }
+        if let ring {
+            work += reapRing(ring)
+            flushSends()
+            if heretic_ring_pending(ring) > 0 || heretic_ring_needs_enter(ring) != 0 {
+                _ = heretic_ring_enter(ring, -1, 0)
+                work += reapRing(ring)
+                flushSends()
+            }
+        } else {
+            if !readAgain.isEmpty {
+                let again = readAgain
+                readAgain.removeAll()
+                for slot in again where Int(slot) < slots.count && slots[Int(slot)].has(.open) {
+                    readSocket(slot)
+                }
+                work += again.count
+                runFinishing()
+            }
+            let n = heretic_epoll_wait(epollFD, completions, Int32(Self.completionBatch), 0)
+            epollWaits &+= 1
+            if n > 0 { dispatchEpoll(Int(n)); work += Int(n) }
+        }
+        return work
+    }
+
+    public var canSleep: Bool { true }
+
+    /// Sleeps in io_uring or epoll until IO completes, `wakeFD` (the core's) is signalled, or
+    /// the earlier of `timeoutNanoseconds` and this engine's next timer passes.
+    public func sleep(_ core: Core, wakeFD: Int32, timeoutNanoseconds: Int64) -> Bool {
+        if !readAgain.isEmpty || !flushList.isEmpty || !finishing.isEmpty { return true }
+        var timeout = timeoutNanoseconds
+        if timers.count > 0, let next = timers.nextEventTick() {
+            let now = core.nowMilliseconds
+            let own: Int64 = next > now ? Int64(next - now) * 1_000_000 : 0
+            timeout = timeout < 0 ? own : min(timeout, own)
+        }
+        if timeout == 0 { return true }
+        if let ring {
+            if !wakeArmed || self.wakeFD != wakeFD {
+                self.wakeFD = wakeFD
+                wakeArmed = true
+                _ = heretic_ring_poll_multishot(ring, wakeFD, KernelOp.wake.userData(slot: 0, generation: 0))
+            }
+            _ = heretic_ring_enter(ring, timeout, 1)
+        } else {
+            if !wakeArmed || self.wakeFD != wakeFD {
+                self.wakeFD = wakeFD
+                wakeArmed = true
+                _ = heretic_epoll_ctl(epollFD, 1, wakeFD, HERETIC_EPOLLIN, KernelOp.wake.userData(slot: 0, generation: 0))
+            }
+            let ms: Int32 = timeout < 0 ? -1 : Int32(clamping: (timeout + 999_999) / 1_000_000)
+            let n = heretic_epoll_wait(epollFD, completions, Int32(Self.completionBatch), ms)
+            epollWaits &+= 1
+            if n > 0 { dispatchEpoll(Int(n)) }
+        }
+        return true
+    }
+
+    func timerFired(_ payload: UInt64) {
+        let (op, slot, gen) = KernelOp.decode(payload)
+        guard Int(slot) < slots.count, slots[Int(slot)].generation == gen, slots[Int(slot)].has(.open) else { return }
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        switch op {
+        case .connectTimeout:
+            if p.pointee.has(.connecting) { finish(slot, .timedOut) }
+        case .idleTimeout:
+            p.pointee.clear(.idleTimerArmed)
+            guard p.pointee.idleSeconds > 0 else { return }
+            let now = UInt32(truncatingIfNeeded: core.nowMilliseconds)
+            let deadline = p.pointee.lastActive &+ UInt32(p.pointee.idleSeconds) * 1000
+            if Int32(bitPattern: deadline &- now) > 0 {
+                p.pointee.set(.idleTimerArmed)
+                _ = timers.arm(at: core.nowMilliseconds &+ UInt64(deadline &- now), payload: payload)
+            } else {
+                p.pointee.set(.abortive)
+                finish(slot, .idle)
+            }
+        default:
+            break
+        }
+    }
+
+    /// Runs a handler callback of `slot` with its connection value.
+    @inline(__always) func callback(_ slot: UInt32, _ body: (AnyKernelArena, UInt32, inout TCPConnection) -> Void) {
+        let s = slots[Int(slot)]
+        guard s.has(.open) else { return }
+        var c = connection(slot)
+        callbackDepth += 1
+        body(arenas[Int(s.arena)], s.handler, &c)
+        callbackDepth -= 1
+    }
+
+    // MARK: io_uring completions
+
+    func reapRing(_ ring: OpaquePointer) -> Int {
+        var total = 0
+        while true {
+            let n = Int(heretic_ring_reap(ring, completions, UInt32(Self.completionBatch)))
+            if n == 0 { break }
+            for i in 0..<n { dispatchRing(completions[i]) }
+            heretic_ring_buffers_publish(ring)
+            total += n
+            runFinishing()
+            if n < Self.completionBatch { break }
+        }
+        return total
+    }
+
+    func dispatchRing(_ c: heretic_completion) {
+        let (op, slot, gen) = KernelOp.decode(c.user_data)
+        let more = c.flags & HERETIC_CQE_F_MORE != 0
+        switch op {
+        case .accept:
+            if !more { armAccept(slot) }
+            if c.res >= 0 { accepted(fd: c.res, listener: slot) } else if c.res != -ECANCELED { acceptErrors += 1 }
+        case .recv:
+            received(c, slot: slot, generation: gen, more: more)
+        case .send:
+            sent(c.res, slot: slot, generation: gen)
+        case .connect:
+            guard Int(slot) < slots.count, slots[Int(slot)].generation == gen else { return }
+            slots[Int(slot)].clear(.connectInFlight)
+            connectDone(slot, error: c.res < 0 ? -c.res : 0)
+        case .cancel:
+            guard Int(slot) < slots.count, slots[Int(slot)].generation == gen else { return }
+            slots[Int(slot)].clear(.cancelInFlight)
+            release(slot)
+        case .wake:
+            heretic_eventfd_drain(wakeFD)
+            if !more { wakeArmed = false }
+        case .io, .connectTimeout, .idleTimeout:
+            break
+        }
+    }
+
+    func accepted(fd: Int32, listener: UInt32) {
+        accepted += 1
+        let arena = listeners[Int(listener)].arena
+        var addr: UInt32 = 0, port: UInt16 = 0
+        _ = heretic_tcp_peer(fd, &addr, &port)
+        let slot = allocateSlot(fd: fd, arena: arena, handler: arena.makeAccepted())
+        let p = slots.table[Int(slot)
+            >> 10] + (Int(slot) & 1023)
+        p.pointee.remoteAddress = addr
+        p.pointee.remotePort = port
+        p.pointee.localPort = listeners[Int(listener)].port
+        p.pointee.set(.open)
+        if backend == .epoll {
+            _ = heretic_epoll_ctl(epollFD, 1, fd, HERETIC_EPOLLIN | HERETIC_EPOLLOUT | HERETIC_EPOLLRDHUP | HERETIC_EPOLLET,
+                                  KernelOp.io.userData(slot: slot, generation: p.pointee.generation))
+        }
+        established(slot)
+    }
+
+    /// The handshake is done: tell the handler, then start receiving.
+    func established(_ slot: UInt32) {
+        callback(slot) { a, h, c in a.connected(h, &c) }
+        guard slots[Int(slot)].has(.open) else { return }
+        if ring != nil {
+            armReceive(slot)
+            if !slots[Int(slot)].out.isEmpty && !slots[Int(slot)].has(.flushQueued) {
+                slots[Int(slot)].set(.flushQueued)
+                flushList.append(slot)
+            }
+        } else {
+            readSocket(slot)  // data may have come with the handshake (edge already passed)
+            if !slots[Int(slot)].out.isEmpty { writePending(slot) }
+        }
+    }
+
+    func armReceive(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        guard let ring, !p.pointee.has(.recvArmed), !p.pointee.has(.peerFinished), !p.pointee.has(.readPaused),
+              !p.pointee.has(.tearingDown), p.pointee.has(.open) else { return }
+        p.pointee.set(.recvArmed)
+        // Multishot unless the application limits what it takes (a `TCPSocket`): then one
+        // buffer at a time, so no more than the window plus one buffer is ever delivered.
+        _ = heretic_ring_recv(ring, p.pointee.fd, Self.bufferGroup, p.pointee.has(.windowed) ? 0 : 1,
+                              KernelOp.recv.userData(slot: slot, generation: p.pointee.generation))
+    }
+
+    func received(_ c: heretic_completion, slot: UInt32, generation: UInt32, more: Bool) {
+        let buffer: UInt16? = c.flags & HERETIC_CQE_F_BUFFER != 0 ? UInt16(truncatingIfNeeded: c.flags >> HERETIC_CQE_BUFFER_SHIFT) : nil
+        defer { if let buffer, let ring { heretic_ring_buffer_recycle(ring, buffer) } }
+        guard Int(slot) < slots.count, slots[Int(slot)].generation == generation else { return }
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        if !more { p.pointee.clear(.recvArmed) }
+        if c.res > 0, let buffer, let ring {
+            bytesReceived &+= Int(c.res)
+            if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
+            if p.pointee.has(.open) && !p.pointee.has(.peerFinished) {
+                let data = UnsafeRawBufferPointer(start: heretic_ring_buffer(ring, buffer), count: Int(c.res))
+                callback(slot) { a, h, conn in a.received(h, data, &conn) }
+            }
+        } else if c.res == 0 {
+            peerFinished(slot)
+        } else if c.res == -ENOBUFS {
+            receiveBufferStarvation += 1
+        } else if c.res != -ECANCELED {
+            finish(slot, Self.reason(forError: -c.res))
+        }
+        if p.pointee.has(.tearingDown) {
+            release(slot)
+        } else if !p.pointee.has(.recvArmed) {
+            armReceive(slot)
+        }
+    }
+
+    func peerFinished(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        guard !p.pointee.has(.peerFinished), p.pointee.has(.open) else { return }
+        p.pointee.set(.peerFinished)
+        callback(slot) { a, h, c in a.peerClosed(h, &c) }
+        if p.pointee.has(.finSent) && p.pointee.has(.open) { finishSoon(slot, .normal) }
+    }
+
+    func sent(_ res: Int32, slot: UInt32, generation: UInt32) {
+        guard Int(slot) < slots.count, slots[Int(slot)].generation == generation else { return }
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        p.pointee.clear(.sendInFlight)
+        if p.pointee.has(.tearingDown) {
+            release(slot)
+            return
+        }
+        guard res > 0 else {
+            finish(slot, res == 0 || res == -ECANCELED ? .reset : Self.reason(forError: -res))
+            return
+        }
+        if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
+        if p.pointee.out.consume(Int(res), spare: &spareBuffers) {
+            // Part went out (the socket's buffer filled): send the rest.
+            submitSend(slot)
+        } else if !p.pointee.out.isEmpty {
+            submitSend(slot)
+        } else {
+            drained(slot)
+        }
+    }
+
+    func connectDone(_ slot: UInt32, error: Int32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        if p.pointee.has(.tearingDown) {
+            release(slot)
+            return
+        }
+        guard p.pointee.has(.connecting) else { return }
+        guard error == 0 else {
+            finish(slot, Self.reason(forConnectError: error))
+            return
+        }
+        p.pointee.clear(.connecting)
+        connected += 1
+        var addr: UInt32 = 0, port: UInt16 = 0
+        _ = heretic_tcp_local(p.pointee.fd, &addr, &port)
+        p.pointee.localPort = port
+        established(slot)
+    }
+
+    // MARK: epoll events
+
+    func dispatchEpoll(_ n: Int) {
+        for i in 0..<n {
+            let c = completions[i]
+            let (op, slot, gen) = KernelOp.decode(c.user_data)
+            let events = UInt32(bitPattern: c.res)
+            switch op {
+            case .accept:
+                acceptAll(slot)
+            case .wake:
+                heretic_eventfd_drain(wakeFD)
+            case .io:
+                guard Int(slot) < slots.count, slots[Int(slot)].generation == gen, slots[Int(slot)].has(.open) else { continue }
+                if slots[Int(slot)].has(.connecting) {
+                    guard events & (HERETIC_EPOLLOUT | HERETIC_EPOLLERR | HERETIC_EPOLLHUP) != 0 else { continue }
+                    connectDone(slot, error: heretic_socket_error(slots[Int(slot)].fd))
+                    continue
+                }
+                if events & HERETIC_EPOLLOUT != 0 && !slots[Int(slot)].out.isEmpty { writePending(slot) }
+                if events & (HERETIC_EPOLLRDHUP | HERETIC_EPOLLHUP | HERETIC_EPOLLERR) != 0 { slots[Int(slot)].set(.hangup) }
+                if events & (HERETIC_EPOLLIN | HERETIC_EPOLLRDHUP | HERETIC_EPOLLHUP | HERETIC_EPOLLERR) != 0 {
+                    readSocket(slot)
+                }
+            default:
+                break
+            }
+            runFinishing()
+        }
+    }
+
+    func acceptAll(_ listener: UInt32) {
+        let fd = listeners[Int(listener)].fd
+        guard fd >= 0 else { return }
+        for _ in 0..<256 {
+            let c = heretic_tcp_accept(fd)
+            if c >= 0 {
+                accepted(fd: c, listener: listener)
+                runFinishing()
+                continue
+            }
+            if c != -EAGAIN { acceptErrors += 1 }
+            return
+        }
+        // More wait: edge-triggered is off for listeners, so the next wait reports them.
+    }
+
+    /// Reads what the socket holds (edge-triggered: until it is empty, or a batch limit).
+    func readSocket(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        var reads = 0
+        while p.pointee.has(.open) && !p.pointee.has(.readPaused) && !p.pointee.has(.peerFinished) {
+            if reads == 16 {
+                readAgain.append(slot)  // fairness: the rest next turn
+                return
+            }
+            reads += 1
+            let want = p.pointee.has(.windowed) ? min(Self.scratchSize, Int(p.pointee.window)) : Self.scratchSize
+            let n = heretic_sock_recv(p.pointee.fd, scratch, want)
+            if n > 0 {
+                bytesReceived &+= n
+                if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
+                let data = UnsafeRawBufferPointer(start: scratch, count: n)
+                callback(slot) { a, h, c in a.received(h, data, &c) }
+                // A short read drained the socket and a later arrival is a new edge; but an
+                // edge seen while reading was paused, or a hang-up, is not repeated.
+                if n < want && !p.pointee.has(.windowed) && !p.pointee.has(.hangup) { return }
+            } else if n == 0 {
+                peerFinished(slot)
+                return
+            } else {
+                if n != -Int(EAGAIN) { finishSoon(slot, Self.reason(forError: Int32(-n))) }
+                return
+            }
+        }
+    }
+
+    func writePending(_ slot: UInt32) {
+        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        while !p.pointee.out.isEmpty {
+            _ = p.pointee.out.promote()
+            let (base, length) = p.pointee.out.unsent
+            let w = heretic_sock_send(p.pointee.fd, base, length)
+            if w > 0 {
+                _ = p.pointee.out.consume(w, spare: &spareBuffers)
+                continue
+            }
+            if w != -Int(EAGAIN) { finishSoon(slot, Self.reason(forError: Int32(-w))) }
+            return
+        }
+        drained(slot)
+    }
+
+    // MARK: Errors
+
+    /// The user-space stack's words for what the kernel reports on an open connection.
+    static func reason(forError e: Int32) -> TCPCloseReason {
+        switch e {
+        case ETIMEDOUT: .timedOut
+        case ECONNREFUSED: .refused
+        default: .reset  // ECONNRESET, EPIPE, ECONNABORTED, ...
+        }
+    }
+
+    /// ... and for a connection attempt that failed.
+    static func reason(forConnectError e: Int32) -> TCPCloseReason {
+        switch e {
+        case ETIMEDOUT, ECANCELED: .timedOut
+        case ECONNRESET: .reset
+        default: .refused  // ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ...
+        }
+    }
+}
+
+func getenvString(_ name: String) -> String? {
+    guard let v = getenv(name) else { return nil }
+    return String(cString: v)
+}
+
+struct KernelListenerState {
+    var fd: Int32
+    let port: UInt16
+    let arena: AnyKernelArena
+}
+
+/// What a completion (or timer) is about, in the top byte of its 64-bit tag; the slot is the
+/// low 32 bits and the slot's generation the 24 between (so a late completion of a reused
+/// slot is recognised).
+@usableFromInline enum KernelOp: UInt8 {
+    case accept = 1, recv, send, connect, cancel, wake, io, connectTimeout, idleTimeout
+
+    @inlinable func userData(slot: UInt32, generation: UInt32) -> UInt64 {
+        UInt64(rawValue) << 56 | UInt64(generation & 0xFF_FFFF) << 32 | UInt64(slot)
+    }
+
+    @inlinable static func decode(_ v: UInt64) -> (KernelOp, UInt32, UInt32) {
+        (KernelOp(rawValue: UInt8(v >> 56)) ?? .io, UInt32(truncatingIfNeeded: v), UInt32(truncatingIfNeeded: v >> 32) & 0xFF_FFFF)
+    }
+}
+
+/// One connection's engine state: 80 bytes, buffers only while data waits to go out.
+@usableFromInline struct KernelSlot {
+    @usableFromInline struct Flags: OptionSet, Sendable {
+        @usableFromInline let rawValue: UInt32
+        @inlinable init(rawValue: UInt32) { self.rawValue = rawValue }
+        @usableFromInline static let open = Flags(rawValue: 1 << 0)
+        @usableFromInline static let connecting = Flags(rawValue: 1 << 1)
+        @usableFromInline static let recvArmed = Flags(rawValue: 1 << 2)
+        @usableFromInline static let sendInFlight = Flags(rawValue: 1 << 3)
+        @usableFromInline static let connectInFlight = Flags(rawValue: 1 << 4)
+        @usableFromInline static let cancelInFlight = Flags(rawValue: 1 << 5)
+        @usableFromInline static let closeRequested = Flags(rawValue: 1 << 6)
+        @usableFromInline static let finSent = Flags(rawValue: 1 << 7)
+        @usableFromInline static let peerFinished = Flags(rawValue: 1 << 8)
+        @usableFromInline static let tearingDown = Flags(rawValue: 1 << 9)
+        @usableFromInline static let abortive = Flags(rawValue: 1 << 10)
+        @usableFromInline static let readPaused = Flags(rawValue: 1 << 11)
+        @usableFromInline static let flushQueued = Flags(rawValue: 1 << 12)
+        @usableFromInline static let wantWritable = Flags(rawValue: 1 << 13)
+        @usableFromInline static let idleTimerArmed = Flags(rawValue: 1 << 14)
+        @usableFromInline static let released = Flags(rawValue: 1 << 15)
+        /// The application sets the receive window (reads are limited to it).
+        @usableFromInline static let windowed = Flags(rawValue: 1 << 16)
+        /// epoll reported the peer's FIN or an error: read to the end, not to a short read.
+        @usableFromInline static let hangup = Flags(rawValue: 1 << 17)
+    }
+
+    @usableFromInline var out = KernelSendQueue()
+    @usableFromInline var fd: Int32 = -1
+    @usableFromInline var generation: UInt32 = 0
+    @usableFromInline var flags: UInt32 = 0
+    @usableFromInline var handler: UInt32 = 0
+    @usableFromInline var remoteAddress: UInt32 = 0
+    @usableFromInline var lastActive: UInt32 = 0
+    /// What the application can take (with `windowed`).
+    @usableFromInline var window: UInt32 = 0
+    @usableFromInline var remotePort: UInt16 = 0
+    @usableFromInline var localPort: UInt16 = 0
+    @usableFromInline var idleSeconds: UInt16 = 0
+    @usableFromInline var arena: UInt8 = 0
+    @inlinable init() {}
+
+    @inlinable func has(_ f: Flags) -> Bool { flags & f.rawValue == f.rawValue }
+    @inlinable mutating func set(_ f: Flags) { flags |= f.rawValue }
+    @inlinable mutating func clear(_ f: Flags) { flags &= ~f.rawValue }
+}
+
+/// Bytes waiting to go out: `sending` is what the kernel has (or is being written), `pending`
+/// what was queued since. Two buffers, because the one under a send in flight must not move.
+@usableFromInline struct KernelSendQueue {
+    @usableFromInline var sending: UnsafeMutableRawPointer?
+    @usableFromInline var pending: UnsafeMutableRawPointer?
+    @usableFromInline var sendingLength: UInt32 = 0
+    @usableFromInline var sendingDone: UInt32 = 0
+    @usableFromInline var pendingLength: UInt32 = 0
+    @usableFromInline var pendingCapacity: UInt32 = 0
+    @usableFromInline var sendingCapacity: UInt32 = 0
+    @inlinable init() {}
+
+    @inlinable var queued: Int { Int(sendingLength - sendingDone) + Int(pendingLength) }
+    @inlinable var isEmpty: Bool { sendingLength == sendingDone && pendingLength == 0 }
+
+    @inlinable mutating func append(_ bytes: UnsafeRawBufferPointer, spare: inout [UnsafeMutableRawPointer]) {
+        let n = bytes.count
+        guard n > 0 else { return }
+        let need = Int(pendingLength) + n
+        if pending == nil {
+            if need <= KernelNetwork.sendBufferSize, let b = spare.popLast() {
+                pending = b
+                pendingCapacity = UInt32(KernelNetwork.sendBufferSize)
+            } else {
+                let cap = max(KernelNetwork.sendBufferSize, need)
+                pending = .allocate(byteCount: cap, alignment: 16)
+                pendingCapacity = UInt32(cap)
+            }
+        } else if need > Int(pendingCapacity) {
+            let cap = max(need, Int(pendingCapacity) * 2)
+            let bigger = UnsafeMutableRawPointer.allocate(byteCount: cap, alignment: 16)
+            bigger.copyMemory(from: pending!, byteCount: Int(pendingLength))
+            pending!.deallocate()
+            pending = bigger
+            pendingCapacity = UInt32(cap)
+        }
+        (pending! + Int(pendingLength)).copyMemory(from: bytes.baseAddress!, byteCount: n)
+        pendingLength = UInt32(need)
+    }
+
+    /// Makes the pending bytes the ones to send when nothing is being sent; false when there
+    /// is nothing to send.
+    @inlinable mutating func promote() -> Bool {
+        if sendingDone < sendingLength { return true }
+        guard pendingLength > 0 else { return false }
+        swap(&sending, &pending)
+        swap(&sendingCapacity, &pendingCapacity)
+        sendingLength = pendingLength
+        sendingDone = 0
+        pendingLength = 0
+        return true
+    }
+
+    @inlinable var unsent: (UnsafeMutableRawPointer, Int) {
+        (sending! + Int(sendingDone), Int(sendingLength - sendingDone))
+    }
+
+    /// `n` bytes of `sending` went out. Returns true if some of it remains.
+    @inlinable mutating func consume(_ n: Int, spare: inout [UnsafeMutableRawPointer]) -> Bool {
+        sendingDone += UInt32(n)
+        if sendingDone < sendingLength { return true }
+        sendingDone = 0
+        sendingLength = 0
+        if let b = sending {
+            if sendingCapacity == UInt32(KernelNetwork.sendBufferSize) && spare.count < KernelNetwork.spareLimit {
+                spare.append(b)
+            } else {
+                b.deallocate()
+            }
+            sending = nil
+            sendingCapacity = 0
+        }
+        return false
+    }
+
+    /// Frees both buffers (those of the usual size to `spare`, up to its limit).
+    mutating func release(spare: inout [UnsafeMutableRawPointer]) {
+        for (b, cap) in [(sending, sendingCapacity), (pending, pendingCapacity)] {
+            guard let b else { continue }
+            if cap == UInt32(KernelNetwork.sendBufferSize) && spare.count < KernelNetwork.spareLimit {
+                spare.append(b)
+            } else {
+                b.deallocate()
+            }
+        }
+        self = KernelSendQueue()
+    }
+}

@@ -1,0 +1,388 @@
+import Testing
+import CHereticSys
+import HereticCore
+@testable import HereticNet
+
+/// A core running a kernel-socket engine on loopback. Everything about the engine is touched
+/// only on that core.
+final class KernelHost: @unchecked Sendable {
+    let runtime: Runtime
+    var net: KernelNetwork!
+
+    /// `backend` nil: chosen as in deployments (io_uring unless disabled or forced off with
+    /// HERETIC_KERNEL_BACKEND=epoll, which CI does to exercise the fallback).
+    init(_ backend: KernelBackend?) throws {
+        runtime = try Runtime(cores: 1, pinThreads: false)
+        let made = try runtime.run(on: 0) { core -> String? in
+            do throws(NetError) {
+                self.net = try KernelNetwork(core: core, backend: backend)
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        if let made { throw KernelTestError.setup(made) }
+    }
+
+    var core: Core { runtime.core(0) }
+
+    /// Runs `body` on the core until it returns true or `seconds` pass (the engine works in
+    /// between); false on timeout.
+    func eventually(seconds: Double = 20, _ body: @escaping @Sendable (KernelNetwork) -> Bool) throws -> Bool {
+        let deadline = MonotonicClock.nanoseconds() + UInt64(seconds * 1e9)
+        while MonotonicClock.nanoseconds() < deadline {
+            if try runtime.run(on: 0, { _ in body(self.net) }) { return true }
+        }
+        return false
+    }
+
+    func shutdown() {
+        try? runtime.run(on: 0) { _ in self.net = nil }
+        runtime.shutdown()
+    }
+}
+
+enum KernelTestError: Error { case setup(String) }
+
+let loopback = IPv4Address(127, 0, 0, 1)
+
+/// Backends to test: the automatic choice, and each one forced.
+let kernelBackends: [KernelBackend?] = [nil, .uring, .epoll]
+
+/// Shared results of handler connections, written on the core and read through `run`.
+final class KernelLog: @unchecked Sendable {
+    var events: [String] = []
+    var closed: [TCPCloseReason] = []
+    var received = 0
+    var mismatches = 0
+}
+
+/// Sends `total` pattern bytes in pieces, checks the echo, closes when all came back.
+struct PatternClient: TCPHandler {
+    let total: Int
+    let log: KernelLog
+    var checked = 0
+
+    mutating func connected(_ connection: inout TCPConnection) {
+        log.events.append("connected")
+        let bytes = (0..<total).map(pattern)
+        var offset = 0
+        while offset < total {
+            // Uneven pieces, so the engine joins sends within a turn.
+            let n = min(total - offset, 1 + (offset * 7919) % 3000)
+            bytes.withUnsafeBytes { _ = connection.send(UnsafeRawBufferPointer(rebasing: $0[offset..<offset + n])) }
+            offset += n
+        }
+    }
+
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+        for b in data {
+            if b != pattern(checked) { log.mismatches += 1 }
+            checked += 1
+        }
+        log.received += data.count
+        if checked == total { connection.close() }
+    }
+
+    mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
+}
+
+/// Echoes, and records how its connection ended.
+struct LoggedEcho: TCPHandler {
+    let log: KernelLog
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+        connection.send(data)
+    }
+    mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
+}
+
+/// Aborts as soon as it is connected.
+struct Aborter: TCPHandler {
+    mutating func connected(_ connection: inout TCPConnection) { connection.abort() }
+}
+
+/// Sets an idle timeout and says nothing.
+struct Idler: TCPHandler {
+    let log: KernelLog
+    mutating func connected(_ connection: inout TCPConnection) { connection.setIdleTimeout(seconds: 1) }
+    mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
+}
+
+@Suite("Kernel-socket engine (io_uring, epoll) on loopback")
+struct KernelNetworkTests {
+    @Test("the engine reports its backend and why", arguments: kernelBackends)
+    func backendChoice(_ backend: KernelBackend?) throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let (chosen, reason) = try host.runtime.run(on: 0) { _ in (host.net.backend, host.net.backendReason) }
+        if let backend { #expect(chosen == backend) }
+        #expect(!reason.isEmpty)
+    }
+
+    @Test("handlers: accept, read, write and close, byte-exact, on many connections at once", arguments: kernelBackends)
+    func handlerEcho(_ backend: KernelBackend?) throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let server = KernelLog(), client = KernelLog()
+        let count = 50, size = 100_000
+        try host.runtime.run(on: 0) { _ in
+            let port = try! host.net.listenTCP(port: 0) { LoggedEcho(log: server) }
+            for _ in 0..<count {
+                host.net.connectTCP(to: TCPEndpoint(loopback, port), PatternClient(total: size, log: client))
+            }
+        }
+        #expect(try host.eventually { _ in client.closed.count == count && server.closed.count == count })
+        try host.runtime.run(on: 0) { _ in
+            #expect(client.received == count * size)
+            #expect(client.mismatches == 0)
+            #expect(client.closed.allSatisfy { $0 == .normal })
+            #expect(server.closed.allSatisfy { $0 == .normal })
+            #expect(host.net.accepted == count && host.net.connected == count)
+        }
+        // Every slot comes back once the kernel has finished with it.
+        #expect(try host.eventually { $0.connectionCount == 0 })
+    }
+
+    @Test("errors use the stack's words: refused, reset, and an abort on either side", arguments: kernelBackends)
+    func handlerErrors(_ backend: KernelBackend?) throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let log = KernelLog(), server = KernelLog()
+        try host.runtime.run(on: 0) { _ in
+            // A port with nothing behind it: listen, learn the port, stop.
+            let dead = try! host.net.listenTCP(port: 0) { LoggedEcho(log: server) }
+            host.net.stopListening(port: dead)
+            host.net.connectTCP(to: TCPEndpoint(loopback, dead), PatternClient(total: 10, log: log))
+            // The server resets every connection.
+            try! host.net.listenTCP(port: 0) { Aborter() }
+        }
+        #expect(try host.eventually { _ in log.closed.count == 1 })
+        #expect(try host.runtime.run(on: 0) { _ in log.closed } == [.refused])
+        let resetLog = KernelLog()
+        try host.runtime.run(on: 0) { _ in
+            let port = host.net.listeners.last!.port
+            host.net.connectTCP(to: TCPEndpoint(loopback, port), PatternClient(total: 10_000, log: resetLog))
+        }
+        #expect(try host.eventually { _ in resetLog.closed.count == 1 })
+        #expect(try host.runtime.run(on: 0) { _ in resetLog.closed } == [.reset])
+        #expect(try host.eventually { $0.connectionCount == 0 })
+    }
+
+    @Test("an idle timeout aborts a silent connection as idle", arguments: [KernelBackend.uring, .epoll])
+    func idleTimeout(_ backend: KernelBackend) throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let server = KernelLog(), client = KernelLog()
+        try host.runtime.run(on: 0) { _ in
+            let port = try! host.net.listenTCP(port: 0) { Idler(log: server) }
+            host.net.connectTCP(to: TCPEndpoint(loopback, port), LoggedEcho(log: client))
+        }
+        #expect(try host.eventually { _ in server.closed.count == 1 && client.closed.count == 1 })
+        #expect(try host.runtime.run(on: 0) { _ in server.closed + client.closed } == [.idle, .reset])
+    }
+
+    @Test("async API: connect, write, read random sizes byte-exact, close; end of stream after", arguments: kernelBackends)
+    func asyncEcho(_ backend: KernelBackend?) async throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let ok = await host.core.spawnAsync { () -> Bool in
+            let net = host.net!
+            guard let listener = try? net.listen(port: 0) else { return false }
+            let port = listener.port
+            Task(executorPreference: Core.current!) {
+                for await socket in listener {
+                    Task(executorPreference: Core.current!) { await echo(socket) }
+                }
+            }
+            var allMatch = true
+            for c in 0..<20 {
+                do {
+                    let socket = try await net.connect(to: TCPEndpoint(loopback, port))
+                    let data = randomBytes(c == 0 ? 300_000 : (c * 7919) % 20_000 + 1, seed: UInt64(c))
+                    try await socket.write(data)
+                    let back = try await socket.read(exactly: data.count)
+                    allMatch = allMatch && back == data
+                    try await socket.close()
+                    #expect(try await socket.read().isEmpty, "end of stream after both FINs")
+                } catch {
+                    Issue.record("connection \(c): \(error)")
+                    allMatch = false
+                }
+            }
+            return allMatch
+        }.value
+        #expect(ok)
+    }
+
+    @Test("async errors: refused, timed out, reset, closed, cancelled read, cancelled connect", arguments: kernelBackends)
+    func asyncErrors(_ backend: KernelBackend?) async throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        // A listener nobody accepts from, with the smallest queue: once it is full the kernel
+        // drops further SYNs, so a connect to it waits (deterministically, without routes to
+        // anywhere but loopback).
+        let full = heretic_tcp_listen(loopback.raw, 0, 0, 0, 1)
+        #expect(full >= 0)
+        defer { heretic_close(full) }
+        var a: UInt32 = 0, boundPort: UInt16 = 0
+        _ = heretic_tcp_local(full, &a, &boundPort)
+        let fullPort = boundPort
+        let fillers = (0..<4).map { _ in heretic_tcp_socket(1) }
+        for f in fillers { _ = heretic_tcp_connect(f, loopback.raw, fullPort) }
+        defer { for f in fillers { heretic_close(f) } }
+
+        let outcomes = await host.core.spawnAsync { () -> [String] in
+            let net = host.net!
+            var seen: [String] = []
+            func record(_ body: () async throws -> Void) async {
+                do { try await body(); seen.append("ok") } catch { seen.append((error as? TCPError).map { "\($0)" } ?? "\(error)") }
+            }
+            let probe = try! net.listen(port: 0)
+            let deadPort = probe.port
+            net.stopListening(port: deadPort)
+            await record { _ = try await net.connect(to: TCPEndpoint(loopback, deadPort)) }
+            await record { _ = try await net.connect(to: TCPEndpoint(loopback, fullPort), timeoutMilliseconds: 50) }
+            let resetter = try! net.listen(port: 0)
+            Task(executorPreference: Core.current!) { for await s in resetter { s.abort() } }
+            await record {
+                let s = try await net.connect(to: TCPEndpoint(loopback, resetter.port))
+                _ = try await s.read()
+            }
+            let echoes = try! net.listen(port: 0)
+            Task(executorPreference: Core.current!) {
+                for await s in echoes { Task(executorPreference: Core.current!) { await echo(s) } }
+            }
+            await record {
+                let s = try await net.connect(to: TCPEndpoint(loopback, echoes.port))
+                try await s.close()
+                try await s.write([1, 2, 3])
+            }
+            let s: TCPSocket
+            do {
+                s = try await net.connect(to: TCPEndpoint(loopback, echoes.port))
+            } catch {
+                return seen + ["connect for the cancelled read: \(error)"]
+            }
+            let reader = Task(executorPreference: Core.current!) { () -> String in
+                do { _ = try await s.read(); return "ok" } catch { return "\(error)" }
+            }
+            try? await Core.sleep(milliseconds: 5)
+            reader.cancel()
+            seen.append(await reader.value)
+            s.abort()
+            // A connect cancelled while the handshake waits.
+            let connector = Task(executorPreference: Core.current!) { () -> String in
+                do { _ = try await host.net!.connect(to: TCPEndpoint(loopback, fullPort)); return "ok" } catch { return "\(error)" }
+            }
+            try? await Core.sleep(milliseconds: 5)
+            connector.cancel()
+            seen.append(await connector.value)
+            return seen
+        }.value
+        #expect(outcomes == ["refused", "timedOut", "reset", "closed", "cancelled", "cancelled"])
+        // The cancelled and failed connections hold nothing once the kernel is done with them.
+        #expect(try host.eventually { $0.connectionCount <= 1 })
+    }
+
+    @Test("blocking-style calls in stackless tasks return ok, timeout or failure", arguments: kernelBackends)
+    func blockingStyle(_ backend: KernelBackend?) throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let results = TaskResults()
+        try host.runtime.run(on: 0) { core in
+            let net = host.net!
+            let echoPort = try! net.listenTCP(port: 0) { TCPEcho() }
+            let probe = try! net.listen(port: 0)
+            let deadPort = probe.port
+            net.stopListening(port: deadPort)
+            let silentPort = try! net.listenTCP(port: 0) { Silent() }
+            let pool = core.makePool(of: KernelClientTask.self)
+            pool.spawn(KernelClientTask(net: net, remote: TCPEndpoint(loopback, echoPort), results: results, index: 0))
+            pool.spawn(KernelClientTask(net: net, remote: TCPEndpoint(loopback, deadPort), results: results, index: 1))
+            pool.spawn(KernelClientTask(net: net, remote: TCPEndpoint(loopback, silentPort), results: results, index: 2))
+        }
+        #expect(try host.eventually { _ in results.done.count == 3 })
+        let log = try host.runtime.run(on: 0) { _ in results.done }
+        #expect(log[0] == ["connect ok", "send ok", "recv ok 12", "close ok"])
+        #expect(log[1] == ["connect failure(HereticNet.TCPError.refused)"])
+        #expect(log[2] == ["connect ok", "send ok", "recv timeout"])
+    }
+
+    @Test("a slow reader stops the engine reading; the rest arrives byte-exact when it reads again", arguments: [KernelBackend.uring, .epoll])
+    func readerBackpressure(_ backend: KernelBackend) async throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let (ok, peak) = await host.core.spawnAsync { () -> (Bool, Int) in
+            let net = host.net!
+            let listener = try! net.listen(port: 0, receiveCapacity: 16_384)
+            let data = randomBytes(4_000_000, seed: 5)
+            Task(executorPreference: Core.current!) {
+                for await s in listener {
+                    try? await s.write(data)
+                    try? await s.close()
+                }
+            }
+            guard let s = try? await net.connect(to: TCPEndpoint(loopback, listener.port), receiveCapacity: 16_384) else { return (false, 0) }
+            // Let the sender fill everything while nothing is read.
+            try? await Core.sleep(milliseconds: 100)
+            let peak = s.available
+            var got: [UInt8] = []
+            while true {
+                guard let chunk = try? await s.read(), !chunk.isEmpty else { break }
+                got += chunk
+            }
+            return (got == data, peak)
+        }.value
+        #expect(ok)
+        // Held for the reader: bounded by its capacity plus what was in flight (a receive
+        // buffer on io_uring, a read on epoll), not the 4 MB sent.
+        #expect(peak <= 16_384 + 65_536)
+    }
+}
+
+/// `EchoClientTask` over the kernel engine: connect, send, wait to read (200 ms), close.
+struct KernelClientTask: StacklessTask {
+    let net: KernelNetwork
+    let remote: TCPEndpoint
+    let results: TaskResults
+    let index: Int
+    var io = Event<TCPStatus>()
+    var socket: TCPSocket?
+    var step = 0
+    var log: [String] = []
+
+    mutating func resume(_ ctx: inout TaskContext<KernelClientTask>) -> Suspension {
+        while true {
+            switch step {
+            case 0:
+                socket = net.connect(to: remote, timeoutMilliseconds: 5000, notify: ctx.event(\.io))
+                step = 1
+                return ctx.wait(\.io)
+            case 1:
+                let status = TCPStatus(waited: io.take())
+                log.append("connect \(status)")
+                guard status == .ok, let s = socket else { return finish() }
+                log.append("send \(s.send(Array("hello, task!".utf8)))")
+                step = 2
+                if !s.waitReadable(ctx.event(\.io)) { return ctx.wait(\.io, timeoutMilliseconds: 200) }
+            case 2:
+                let status = socket!.available > 0 ? .ok : TCPStatus(waited: io.take())
+                guard status == .ok else { log.append("recv \(status)"); socket?.abort(); return finish() }
+                let got = socket!.receive(maxBytes: 100)
+                log.append("recv ok \(got.count)")
+                step = 3
+                if !socket!.close(notify: ctx.event(\.io)) { return ctx.wait(\.io, timeoutMilliseconds: 5000) }
+            default:
+                log.append("close \(TCPStatus(waited: io.take() ?? socket!.status))")
+                return finish()
+            }
+        }
+    }
+
+    mutating func finish() -> Suspension {
+        results.done[index] = log
+        socket = nil
+        return .exit
+    }
+}
+
