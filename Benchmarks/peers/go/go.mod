@@ -1,0 +1,3 @@
+module heretic/peers/echo
+
+go 1.19
