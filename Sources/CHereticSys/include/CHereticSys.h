@@ -89,4 +89,7 @@ void heretic_fd_close(int fd);
 /// if it could not start (128 + signal if killed).
 int heretic_run(char *const argv[], char *output, size_t capacity);
 
+/// AF_XDP: the redirect program and the socket (see heretic_xdp.h).
+#include "heretic_xdp.h"
+
 #endif
