@@ -36,6 +36,10 @@ public final class PacketPool {
     @exclusivity(unchecked) @usableFromInline var touched = 0
     public let capacity: Int
     private let mappedBytes: Int
+    /// Set by a device whose kernel side holds the arena (an AF_XDP UMEM): the kernel has
+    /// pinned its pages, and `trim` giving them back would leave the kernel writing to pages
+    /// this process no longer sees.
+    var pinnedByDevice = false
 
     /// A pool of `capacity` buffers (memory is touched only as buffers are first used).
     public init(capacity: Int = 65_536) {
@@ -93,7 +97,7 @@ public final class PacketPool {
     /// in use. O(free buffers); call it when the pool is mostly idle. Returns bytes released.
     @discardableResult
     public func trim() -> Int {
-        guard touched > 0 else { return 0 }
+        guard touched > 0, !pinnedByDevice else { return 0 }
         // Highest indices first, so the lowest end up on top of the stack.
         var stack = UnsafeMutableBufferPointer(start: free, count: freeCount)
         stack.sort(by: >)
