@@ -94,7 +94,8 @@ public final class PacketPool {
     /// Gives back to the kernel the pages of free buffers above the highest one in use, and
     /// reorders the free list so that allocation starts from the lowest buffers again: after
     /// a burst (a million messages in flight), the pool's resident memory shrinks to what is
-    /// in use. O(free buffers); call it when the pool is mostly idle. Returns bytes released.
+    /// in use. O(free buffers); call it when the pool is mostly idle. Returns bytes released
+    /// (none for a pool an XDP device has made its UMEM: the kernel holds those pages).
     @discardableResult
     public func trim() -> Int {
         guard touched > 0, !pinnedByDevice else { return 0 }
