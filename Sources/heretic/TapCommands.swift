@@ -19,6 +19,8 @@ struct TapEcho: ParsableCommand {
               ip netns exec heretic ping -c 3 10.77.0.2
               ip netns exec heretic nc 10.77.0.2 7
               ip netns exec heretic curl -o /tmp/x http://10.77.0.2/bytes/1000000
+            With --path xdp, the namespace holds one end of a veth pair at 10.78.0.1/24 and the stack \
+            answers at 10.78.0.2 through an AF_XDP socket on the other end.
             Stops after --seconds or on Ctrl-C, removing the namespace.
             """,
         aliases: ["tap-http"])
