@@ -84,6 +84,10 @@ public final class XDPDevice: NetworkDevice {
         let index = heretic_if_index(name)
         guard index > 0 else { throw .device("no interface \"\(name)\" for XDP") }
         guard queue >= 0 && queue < 64 else { throw .device("XDP queue \(queue) out of range (0..<64)") }
+        // A received frame starts 256 bytes into its 2048-byte chunk.
+        guard mtu >= 68 && mtu + 14 <= PacketPool.bufferSize - Int(HERETIC_XDP_PACKET_HEADROOM) else {
+            throw .device("MTU \(mtu) does not fit an XDP chunk (at most \(PacketPool.bufferSize - Int(HERETIC_XDP_PACKET_HEADROOM) - 14))")
+        }
         var program = heretic_xdp_program()
         let mode: Int32 = switch attach {
         case nil: Int32(HERETIC_XDP_MODE_ANY)
