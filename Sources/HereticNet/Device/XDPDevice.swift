@@ -144,8 +144,8 @@ public final class XDPDevice: NetworkDevice {
     }
 
     deinit {
+        heretic_xdp_detach(&program)  // no more redirects; the map lets go of the socket
         heretic_xsk_close(xsk)
-        heretic_xdp_detach(&program)
         descriptors.deallocate()
         addresses.deallocate()
     }
