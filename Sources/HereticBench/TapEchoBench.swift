@@ -64,7 +64,17 @@ public struct TapEchoBenchmark {
         defer { bed.remove() }
         let stack = try TapStack(device: bed.device, mac: bed.stackMAC, address: bed.stackAddress)
         defer { stack.shutdown() }
-        let r = bed.run(["python3", "-c", Self.client, "\(bed.stackAddress)", "\(connections)", "\(seconds)"])
+        return try Self.measure(layout: "tap", connections: connections, seconds: seconds, stack: stack) {
+            bed.run($0)
+        }
+    }
+
+    /// Runs the Linux client (through `run`, in the namespace) against `stack` and reports
+    /// what it measured, with the stack's counters: the TAP and XDP paths share this.
+    static func measure(layout: String, connections: Int, seconds: Double, stack: TapStack,
+                        run: ([String]) -> (status: Int32, output: String)) throws -> BenchResult {
+        let address = try stack.onCore { $0.address }
+        let r = run(["python3", "-c", Self.client, "\(address)", "\(connections)", "\(seconds)"])
         guard r.status == 0, let line = r.output.split(separator: "\n").last(where: { $0.hasPrefix("{") }) else {
             throw BenchError("the Linux client failed: \(r.output)")
         }
@@ -79,7 +89,7 @@ public struct TapEchoBenchmark {
         func field(_ name: String) -> Double { fields[name] ?? -1 }
         let echoes = field("echoes"), bad = field("bad"), elapsed = field("seconds")
         var result = BenchResult(bench: "tcp-echo", verified: bad == 0 && echoes > 0)
-        result.add("layout", "tap")
+        result.add("layout", layout)
         result.add("conns", connections)
         result.add("payload_bytes", 150)
         result.add("seconds", seconds)

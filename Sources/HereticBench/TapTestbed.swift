@@ -92,9 +92,9 @@ public final class TapTestbed: @unchecked Sendable {
     }
 }
 
-/// The stack on a TAP device, polled by core 0 of its own runtime: a TCP echo server on
-/// port 7, a UDP echo on port 7, a minimal HTTP responder on port 80; ICMP echo answered by
-/// the interface.
+/// The stack on a TAP device (or any device with Linux on the far side: the XDP test-bed's
+/// veth), polled by core 0 of its own runtime: a TCP echo server on port 7, a UDP echo on
+/// port 7, a minimal HTTP responder on port 80; ICMP echo answered by the interface.
 public final class TapStack: @unchecked Sendable {
     public let runtime: Runtime
     public let interface: Interface
@@ -103,8 +103,11 @@ public final class TapStack: @unchecked Sendable {
     /// this kernel has no `tc netem`).
     public let injector: FaultInjector?
 
-    public init(device: TapDevice, mac: MACAddress, address: IPv4Address, faults: FaultInjector.Faults? = nil,
-                seed: UInt64 = 1, httpIdleSeconds: Int = 30, httpHeaderSeconds: Int = 10) throws {
+    /// `pool` holds the interface's packets (an XDP device's must be the pool it was made
+    /// with: its UMEM).
+    public init(device: NetworkDevice, pool: PacketPool = PacketPool(capacity: 16_384), mac: MACAddress,
+                address: IPv4Address, faults: FaultInjector.Faults? = nil, seed: UInt64 = 1,
+                httpIdleSeconds: Int = 30, httpHeaderSeconds: Int = 10) throws {
         runtime = try Runtime(cores: 1)
         var nic: NetworkDevice = device
         if let faults {
@@ -116,7 +119,7 @@ public final class TapStack: @unchecked Sendable {
         } else {
             injector = nil
         }
-        interface = Interface(device: nic, pool: PacketPool(capacity: 16_384),
+        interface = Interface(device: nic, pool: pool,
                               configuration: InterfaceConfiguration(mac: mac, address: address))
         let interface = self.interface
         let shared = Unchecked(interface)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import HereticBench
 import HereticCore
+import HereticNet
 
 @main
 struct Heretic: ParsableCommand {
@@ -147,6 +148,7 @@ struct Bench: ParsableCommand {
 }
 
 extension StackLayout: ExpressibleByArgument {}
+extension XDPAttachMode: ExpressibleByArgument {}
 
 extension Bench {
     struct UDPEcho: ParsableCommand {
@@ -181,15 +183,18 @@ extension Bench {
         @Option(name: .customLong("conns"), help: "Concurrent connections.") var connections: Int?
         @Option(help: "Seconds per row.") var seconds = 3.0
         @Option(name: .customLong("max-conns"), help: "The largest row of the default run.") var maxConnections = 1_000_000
-        @Option(help: "switch (the in-process virtual switch, both stacks Heretic's) or tap (Linux's TCP as the client through a TAP device in a namespace; needs root).")
+        @Option(help: "switch (the in-process virtual switch, both stacks Heretic's), tap (Linux's TCP as the client through a TAP device in a namespace; needs root) or xdp (the same client through a veth pair, the stack on an AF_XDP socket; needs root).")
         var path = PacketPath.switch
+        @Option(name: .customLong("xdp-mode"), help: "With --path xdp: native or generic XDP (default: native where the interface has it).")
+        var xdpMode: XDPAttachMode?
         @OptionGroup var output: OutputOptions
 
-        enum PacketPath: String, ExpressibleByArgument { case `switch`, tap }
+        enum PacketPath: String, ExpressibleByArgument { case `switch`, tap, xdp }
 
         func validate() throws {
             if let c = connections, c < 1 || c > 4_000_000 { throw ValidationError("--conns must be between 1 and 4000000") }
-            if path == .tap, let c = connections, c > 10_000 { throw ValidationError("--conns must be at most 10000 with --path tap") }
+            if path != .switch, let c = connections, c > 10_000 { throw ValidationError("--conns must be at most 10000 with --path \(path.rawValue)") }
+            if xdpMode != nil && path != .xdp { throw ValidationError("--xdp-mode goes with --path xdp") }
             if maxConnections < 1 || maxConnections > 4_000_000 { throw ValidationError("--max-conns must be between 1 and 4000000") }
             if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
         }
@@ -198,6 +203,10 @@ extension Bench {
             if path == .tap {
                 let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
                 return try report(try rows.map { try TapEchoBenchmark(connections: $0, seconds: seconds).run() }, output)
+            }
+            if path == .xdp {
+                let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
+                return try report(try rows.map { try XDPEchoBenchmark(connections: $0, seconds: seconds, attach: xdpMode).run() }, output)
             }
             let rows = connections.map { [$0] } ?? ([1, 8, 32, 64, 128, 256].filter { $0 < maxConnections } + [maxConnections])
             try report(try rows.map { try TCPEchoBenchmark(layout: layout, connections: $0, seconds: seconds).run() }, output)

@@ -76,6 +76,8 @@ struct TCBTests {
         #expect(events(deliver(clientOut, to: &server)) == [.connected])
         #expect(client.sndScale == 7 && client.rcvScale == 7 && client.timestamps && server.timestamps)
         #expect(client.sendMSS == 1460 && client.rcvNxt == SequenceNumber(5001) && server.rcvNxt == SequenceNumber(1001))
+        // With timestamps on every segment, a full one carries 1448 bytes: 1500 on the wire.
+        #expect(client.maximumSegmentPayload == 1448 && server.maximumSegmentPayload == 1448)
     }
 
     @Test("a peer without options gets none back, and no scaling applies")
@@ -273,24 +275,24 @@ struct TCBTests {
         var o: [TCPAction] = []
         client.retransmitTimeout(now: 1010, out: &o)
         // Go back to SND.UNA: one MSS of the oldest data again, timer doubled.
-        #expect(segments(o).first?.sequence == SequenceNumber(1001) && segments(o).first?.payloadLength == 1460)
+        #expect(segments(o).first?.sequence == SequenceNumber(1001) && segments(o).first?.payloadLength == 1448)
         #expect(o.contains(.armRetransmit(milliseconds: 2 * rto)) && client.retries == 1)
         // An acknowledgement resets the count.
         var ackOut: [TCPAction] = []
         server.segmentArrived(segments(o)[0], now: 1020, out: &ackOut)
         ackOut = resolved(ackOut, server)
         deliver(ackOut, to: &client, now: 1030)
-        #expect(client.retries == 0 && client.sndUna == SequenceNumber(2461) && client.bytesInFlight == 0)
+        #expect(client.retries == 0 && client.sndUna == SequenceNumber(2449) && client.bytesInFlight == 0)
         // The owner sends the rest again (it still holds it); unanswered, it times out.
         var rest: [TCPAction] = []
-        client.send(length: 1540, now: 1040, out: &rest)
+        client.send(length: 1552, now: 1040, out: &rest)
         var last: [TCPAction] = []
         for i in 0..<20 where client.state != .closed {
             client.retransmitTimeout(now: UInt32(2000 + i * 60_000), out: &last)
         }
         #expect(last.contains(.closed(.timedOut)) && client.state == .closed)
         #expect(client.retries == TCB.maxRetries)
-        #expect(segments(last).allSatisfy { $0.sequence == SequenceNumber(2461) }, "always from SND.UNA")
+        #expect(segments(last).allSatisfy { $0.sequence == SequenceNumber(2449) }, "always from SND.UNA")
     }
 
     @Test("RTT samples from timestamps drive RTO within its bounds (RFC 6298)")
@@ -390,7 +392,7 @@ struct TCBRecoveryTests {
         }
         #expect(client.inRecovery && client.dupAcks == 3)
         let resent = o.compactMap { if case .resendData(let s) = $0 { return s } else { return nil } }
-        #expect(resent.map(\.sequence) == [una] && resent.first?.payloadLength == 1460, "the first hole again")
+        #expect(resent.map(\.sequence) == [una] && resent.first?.payloadLength == 1448, "the first hole again")
         #expect(client.ssthresh == 8 * 1460 / 2 && client.cwnd == client.ssthresh + 3 * 1460)
         // A fourth duplicate inflates the window by one MSS.
         o = []
@@ -416,7 +418,7 @@ struct TCBRecoveryTests {
         let sent = segments(out)
         var o: [TCPAction] = []
         client.retransmitTimeout(now: 1000, out: &o)
-        #expect(client.cwnd == 1460 && client.ssthresh == 2920 && client.sndNxt == client.sndUna + 1460)
+        #expect(client.cwnd == 1460 && client.ssthresh == 2920 && client.sndNxt == client.sndUna + 1448)
         #expect(client.sndMax == client.sndUna + 4000)
         // The originals were only delayed: the server got them all and acknowledges 4000.
         var serverOut: [TCPAction] = []

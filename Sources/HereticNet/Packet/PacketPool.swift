@@ -36,6 +36,10 @@ public final class PacketPool {
     @exclusivity(unchecked) @usableFromInline var touched = 0
     public let capacity: Int
     private let mappedBytes: Int
+    /// Set by a device whose kernel side holds the arena (an AF_XDP UMEM): the kernel has
+    /// pinned its pages, and `trim` giving them back would leave the kernel writing to pages
+    /// this process no longer sees.
+    var pinnedByDevice = false
 
     /// A pool of `capacity` buffers (memory is touched only as buffers are first used).
     public init(capacity: Int = 65_536) {
@@ -90,10 +94,11 @@ public final class PacketPool {
     /// Gives back to the kernel the pages of free buffers above the highest one in use, and
     /// reorders the free list so that allocation starts from the lowest buffers again: after
     /// a burst (a million messages in flight), the pool's resident memory shrinks to what is
-    /// in use. O(free buffers); call it when the pool is mostly idle. Returns bytes released.
+    /// in use. O(free buffers); call it when the pool is mostly idle. Returns bytes released
+    /// (none for a pool an XDP device has made its UMEM: the kernel holds those pages).
     @discardableResult
     public func trim() -> Int {
-        guard touched > 0 else { return 0 }
+        guard touched > 0, !pinnedByDevice else { return 0 }
         // Highest indices first, so the lowest end up on top of the stack.
         var stack = UnsafeMutableBufferPointer(start: free, count: freeCount)
         stack.sort(by: >)

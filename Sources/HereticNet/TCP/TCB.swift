@@ -120,6 +120,10 @@ public struct TCB: Sendable, Equatable {
     var lastActive: UInt32 = 0
     // Negotiated options.
     public private(set) var sendMSS: UInt16 = 536
+    /// The most data one segment carries. The peer's MSS counts no TCP options (RFC 6691),
+    /// and with timestamps every segment after the handshake carries 12 bytes of them: a
+    /// full segment of MSS bytes would overrun the peer's MTU by as much (a veth drops it).
+    public var maximumSegmentPayload: Int { Int(sendMSS) - (timestamps ? 12 : 0) }
     // Retransmission (RFC 6298), in milliseconds; SRTT 0 until the first measurement.
     var srtt16: UInt16 = 0
     var rttvar16: UInt16 = 0
@@ -435,7 +439,7 @@ public struct TCB: Sendable, Equatable {
             let dataInFlight = bytesInFlight
             if dataInFlight > 0 {
                 var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
-                d.payloadLength = min(dataInFlight, Int(sendMSS))
+                d.payloadLength = min(dataInFlight, maximumSegmentPayload)
                 out.append(.resendData(d))
                 sndNxt = sndUna + d.payloadLength
                 if finSent { finSent = false; pendingFIN = true }
@@ -833,7 +837,7 @@ public struct TCB: Sendable, Equatable {
         let dataInFlight = bytesInFlight
         guard dataInFlight > 0 else { return }
         var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
-        d.payloadLength = min(dataInFlight, Int(sendMSS))
+        d.payloadLength = min(dataInFlight, maximumSegmentPayload)
         out.append(.resendData(d))
     }
 

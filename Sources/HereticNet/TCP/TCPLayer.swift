@@ -404,7 +404,7 @@ public struct TCPConnection {
             && !(queues[s].closeRequested && !slots[s].tcb.finPending) { return }
         var out = layer.takeActions()
         defer { layer.giveBack(&out) }
-        let mss = Int(slots[s].tcb.sendMSS)
+        let mss = slots[s].tcb.maximumSegmentPayload
         while true {
             let inFlight = slots[s].tcb.bytesInFlight
             let unsent = pending - inFlight
