@@ -183,18 +183,23 @@ extension Bench {
         @Option(name: .customLong("conns"), help: "Concurrent connections.") var connections: Int?
         @Option(help: "Seconds per row.") var seconds = 3.0
         @Option(name: .customLong("max-conns"), help: "The largest row of the default run.") var maxConnections = 1_000_000
-        @Option(help: "switch (the in-process virtual switch, both stacks Heretic's), tap (Linux's TCP as the client through a TAP device in a namespace; needs root) or xdp (the same client through a veth pair, the stack on an AF_XDP socket; needs root).")
+        @Option(help: "switch (the in-process virtual switch, both stacks Heretic's), kernel (Linux's TCP on loopback through the kernel-socket engine, server and clients on a core each), tap (Linux's TCP as the client through a TAP device in a namespace; needs root) or xdp (the same client through a veth pair, the stack on an AF_XDP socket; needs root).")
         var path = PacketPath.switch
+        @Option(help: "With --path kernel: io_uring or epoll (default: io_uring where the kernel allows it).")
+        var backend: KernelBackend?
         @Option(name: .customLong("xdp-mode"), help: "With --path xdp: native or generic XDP (default: native where the interface has it).")
         var xdpMode: XDPAttachMode?
         @OptionGroup var output: OutputOptions
 
-        enum PacketPath: String, ExpressibleByArgument { case `switch`, tap, xdp }
+        enum PacketPath: String, ExpressibleByArgument { case `switch`, kernel, tap, xdp }
 
         func validate() throws {
             if let c = connections, c < 1 || c > 4_000_000 { throw ValidationError("--conns must be between 1 and 4000000") }
-            if path != .switch, let c = connections, c > 10_000 { throw ValidationError("--conns must be at most 10000 with --path \(path.rawValue)") }
+            if path != .switch, let c = connections, c > (path == .kernel ? 50_000 : 10_000) {
+                throw ValidationError("--conns must be at most \(path == .kernel ? 50_000 : 10_000) with --path \(path.rawValue)")
+            }
             if xdpMode != nil && path != .xdp { throw ValidationError("--xdp-mode goes with --path xdp") }
+            if backend != nil && path != .kernel { throw ValidationError("--backend goes with --path kernel") }
             if maxConnections < 1 || maxConnections > 4_000_000 { throw ValidationError("--max-conns must be between 1 and 4000000") }
             if !(seconds > 0) { throw ValidationError("--seconds must be positive") }
         }
@@ -203,6 +208,10 @@ extension Bench {
             if path == .tap {
                 let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
                 return try report(try rows.map { try TapEchoBenchmark(connections: $0, seconds: seconds).run() }, output)
+            }
+            if path == .kernel {
+                let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256, 1000]
+                return try report(try rows.map { try KernelEchoBenchmark(connections: $0, seconds: seconds, backend: backend).run() }, output)
             }
             if path == .xdp {
                 let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]
@@ -347,3 +356,5 @@ func printSummary(_ results: [BenchResult]) {
 extension String {
     func padding(_ width: Int) -> String { self + String(repeating: " ", count: max(0, width - count)) }
 }
+
+extension KernelBackend: ExpressibleByArgument {}
