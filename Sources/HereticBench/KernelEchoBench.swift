@@ -23,13 +23,17 @@ public struct KernelEchoBenchmark {
     public func run() throws -> BenchResult {
         guard connections >= 1, connections <= 50_000 else { throw BenchError("--conns must be between 1 and 50000 with --path kernel") }
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
-        let runtime = try Runtime(cores: 2)
-        defer { runtime.shutdown() }
+        let stats = UnsafeMutablePointer<TCPEchoStats>.allocate(capacity: 1)
+        stats.initialize(to: TCPEchoStats())
+        let stop = UnsafeAtomic<Bool>.create(false)
         let engines = Unchecked(UnsafeMutablePointer<KernelNetwork?>.allocate(capacity: 2))
         engines.value.initialize(repeating: nil, count: 2)
+        defer { stats.deinitialize(count: 1); stats.deallocate(); stop.destroy(); engines.value.deallocate() }
+        // Declared after the memory the handlers use, so it stops first.
+        let runtime = try Runtime(cores: 2)
         defer {
             for i in 0..<2 { try? runtime.run(on: i) { _ in engines.value[i] = nil } }
-            engines.value.deallocate()
+            runtime.shutdown()
         }
         let backend = self.backend
         for i in 0..<2 {
@@ -47,10 +51,6 @@ public struct KernelEchoBenchmark {
             }
         }.get()
 
-        let stats = UnsafeMutablePointer<TCPEchoStats>.allocate(capacity: 1)
-        stats.initialize(to: TCPEchoStats())
-        let stop = UnsafeAtomic<Bool>.create(false)
-        defer { stats.deinitialize(count: 1); stats.deallocate(); stop.destroy() }
         let shared = Unchecked((stats, stop))
         let (conns, size) = (connections, self.size)
         var opened = 0

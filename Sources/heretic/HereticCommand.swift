@@ -8,7 +8,7 @@ struct Heretic: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "heretic",
         abstract: "A hosted operating system for massive concurrency.",
-        subcommands: [Bench.self, TapEcho.self]
+        subcommands: [Bench.self, Serve.self, LoadGen.self, TapEcho.self]
     )
 }
 
@@ -41,7 +41,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reproduce the brief's workloads on this machine.",
         discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
-        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self, TCPHold.self, TCPStream.self],
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self, TCPHold.self, TCPStream.self, Peers.self],
         defaultSubcommand: Suite.self
     )
 

@@ -93,5 +93,7 @@ int heretic_run(char *const argv[], char *output, size_t capacity);
 #include "heretic_kernel.h"
 /// AF_XDP: the redirect program and the socket (see heretic_xdp.h).
 #include "heretic_xdp.h"
+/// Child processes and termination signals (see heretic_process.h).
+#include "heretic_process.h"
 
 #endif

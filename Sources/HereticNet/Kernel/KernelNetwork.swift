@@ -51,6 +51,7 @@ public final class KernelNetwork: CorePoller {
     /// Connections: a slot each, in a table that never moves.
     @usableFromInline let slots = ChunkedStore<KernelSlot>()
     @usableFromInline var freeSlots: [UInt32] = []
+    @usableFromInline var generations: UInt32 = 0
     @usableFromInline var arenas: [AnyKernelArena] = []
     /// Arenas for actively opened connections, one per handler type.
     @usableFromInline var connectArenas: [ObjectIdentifier: AnyKernelArena] = [:]
@@ -249,8 +250,11 @@ public final class KernelNetwork: CorePoller {
         s.fd = fd
         s.arena = arena.index
         s.handler = handler
+        // A generation new to the engine (not just to the slot: the table may have been
+        // handed back and started again), so a late completion never matches a new slot.
+        generations &+= 1
+        s.generation = generations & 0xFF_FFFF
         if let i = freeSlots.popLast() {
-            s.generation = slots[Int(i)].generation &+ 1
             slots[Int(i)] = s
             return i
         }
@@ -353,7 +357,7 @@ public final class KernelNetwork: CorePoller {
         guard !flushList.isEmpty else { return }
         var i = 0
         while i < flushList.count {
-            submitSend(flushList[i])
+            if Int(flushList[i]) < slots.count { submitSend(flushList[i]) }
             i += 1
         }
         flushList.removeAll(keepingCapacity: flushList.capacity <= 65_536)
@@ -414,7 +418,7 @@ public final class KernelNetwork: CorePoller {
         while callbackDepth == 0, !finishing.isEmpty {
             let work = finishing
             finishing.removeAll()
-            for (slot, gen, reason) in work where slots[Int(slot)].generation == gen {
+            for (slot, gen, reason) in work where Int(slot) < slots.count && slots[Int(slot)].generation == gen {
                 finish(slot, reason)
             }
         }
