@@ -75,7 +75,11 @@ int heretic_ring_open(heretic_ring **out, unsigned entries, unsigned cq_entries)
     struct io_uring_params p;
     int fd = -EINVAL;
     unsigned used = 0;
-    for (size_t i = 0; i < sizeof wanted / sizeof wanted[0]; i++) {
+    // HERETIC_URING_SETUP=1..3 starts from a later entry (to compare modes by measurement).
+    const char *start = getenv("HERETIC_URING_SETUP");
+    size_t first = start ? (size_t)(start[0] - '0') : 0;
+    if (first >= sizeof wanted / sizeof wanted[0]) first = 0;
+    for (size_t i = first; i < sizeof wanted / sizeof wanted[0]; i++) {
         memset(&p, 0, sizeof p);
         p.flags = wanted[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_CLAMP;
         p.cq_entries = cq_entries;
