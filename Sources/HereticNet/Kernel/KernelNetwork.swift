@@ -54,10 +54,10 @@ public final class KernelNetwork: CorePoller {
     @usableFromInline var generations: UInt32 = 0
     /// io_uring: whether a send to a connection with nothing queued goes out at once (one
     /// non-blocking system call, no copy) instead of as an SQE submitted at the end of the
-    /// turn; what the socket cannot take is queued and goes through the ring. Measured with
-    /// `bench peers` on this 2-core VM: at once was 5-15 % faster in streaming and even in
-    /// ping-pong (the turn's submission saves a system call per send, but the copy and the
-    /// wait for the turn's end cost as much). False batches every send.
+    /// turn; what the socket cannot take is queued and goes through the ring. Measured on
+    /// this 2-core VM (`serve echo` against `loadgen`): at once was 8-19 % faster in
+    /// streaming and within the noise in ping-pong. False (`HERETIC_BATCHED_SENDS`) batches
+    /// every send.
     public var directSends = getenvString("HERETIC_BATCHED_SENDS") == nil
     @usableFromInline var arenas: [AnyKernelArena] = []
     /// Arenas for actively opened connections, one per handler type.
@@ -90,9 +90,8 @@ public final class KernelNetwork: CorePoller {
     public private(set) var acceptErrors = 0
     /// io_uring receive rearms after the buffer ring ran dry.
     public private(set) var receiveBufferStarvation = 0
-    @usableFromInline var bytesSent = 0
+    public internal(set) var bytesSent = 0
     public private(set) var bytesReceived = 0
-    public var bytesSentTotal: Int { bytesSent }
     /// System calls into io_uring (submissions and waits) or epoll_wait.
     public var enters: UInt64 { ring.map { heretic_ring_enters($0) } ?? epollWaits }
     var epollWaits: UInt64 = 0
@@ -320,7 +319,7 @@ public final class KernelNetwork: CorePoller {
 
     @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
         guard let slot = live(ref) else { return false }
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         if p.pointee.has(.closeRequested) { return false }
         let n = bytes.count
         guard n > 0 else { return true }
@@ -359,7 +358,7 @@ public final class KernelNetwork: CorePoller {
 
     /// io_uring: submits the pending bytes of `slot` as one send.
     @usableFromInline func submitSend(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         p.pointee.clear(.flushQueued)
         guard let ring, !p.pointee.has(.sendInFlight), !p.pointee.has(.tearingDown), p.pointee.out.promote() else { return }
         let (base, length) = p.pointee.out.unsent
@@ -380,7 +379,7 @@ public final class KernelNetwork: CorePoller {
     /// The queue drained: FIN if a close waits for it, `writable` if the application was
     /// held back.
     func drained(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         if p.pointee.has(.closeRequested) {
             sendFIN(slot)
             return
@@ -392,7 +391,7 @@ public final class KernelNetwork: CorePoller {
     }
 
     func sendFIN(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         guard !p.pointee.has(.finSent) else { return }
         p.pointee.set(.finSent)
         _ = heretic_tcp_shutdown_write(p.pointee.fd)
@@ -403,7 +402,7 @@ public final class KernelNetwork: CorePoller {
 
     @usableFromInline func close(_ ref: UInt64) {
         guard let slot = live(ref) else { return }
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         if p.pointee.has(.connecting) {
             finishSoon(slot, .normal)
             return
@@ -441,7 +440,7 @@ public final class KernelNetwork: CorePoller {
     /// Tells the handler (once) and tears the socket down: at once with epoll; with io_uring
     /// after every request on it has completed (their buffers and slot stay valid until then).
     func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         if p.pointee.has(.open) {
             p.pointee.clear(.open)
             if reason == .normal { closedNormally += 1 } else { failures += 1 }
@@ -463,7 +462,7 @@ public final class KernelNetwork: CorePoller {
 
     /// Frees a torn-down slot once nothing of the kernel's refers to it.
     func release(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         guard p.pointee.has(.tearingDown), !p.pointee.has(.recvArmed), !p.pointee.has(.sendInFlight),
               !p.pointee.has(.connectInFlight), !p.pointee.has(.cancelInFlight), !p.pointee.has(.released) else { return }
         p.pointee.set(.released)
@@ -471,8 +470,12 @@ public final class KernelNetwork: CorePoller {
         p.pointee.fd = -1
         p.pointee.out.release(spare: &spareBuffers)
         freeSlots.append(slot)
-        if freeSlots.count == slots.count {
-            // Every connection is gone: hand the table's chunks back.
+    }
+
+    /// Hands the slot table's chunks back once every connection is gone. Run at the end of a
+    /// poll, never inside one: the code that freed the last slot may still hold its address.
+    func trimSlots() {
+        if !freeSlots.isEmpty && freeSlots.count == slots.count {
             slots.truncate(to: 0)
             freeSlots.removeAll()
         }
@@ -497,7 +500,7 @@ public final class KernelNetwork: CorePoller {
 
     @usableFromInline func setIdleTimeout(_ ref: UInt64, _ seconds: Int) {
         guard let slot = live(ref) else { return }
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         p.pointee.idleSeconds = UInt16(clamping: max(0, seconds))
         p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds)
         if seconds > 0 && !p.pointee.has(.idleTimerArmed) {
@@ -511,7 +514,7 @@ public final class KernelNetwork: CorePoller {
     /// closes as its buffer fills), and resumes when room returns.
     @usableFromInline func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
         guard let slot = live(ref) else { return }
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         p.pointee.set(.windowed)
         p.pointee.window = UInt32(clamping: max(0, bytes))
         if bytes <= 0 {
@@ -529,6 +532,7 @@ public final class KernelNetwork: CorePoller {
     // MARK: The loop
 
     public func poll(_ core: Core) -> Int {
+        defer { trimSlots() }
         var work = 0
         let now = core.nowMilliseconds
         if timers.count > 0 && timers.nextHint <= now {
@@ -568,6 +572,7 @@ public final class KernelNetwork: CorePoller {
     /// Sleeps in io_uring or epoll until IO completes, `wakeFD` (the core's) is signalled, or
     /// the earlier of `timeoutNanoseconds` and this engine's next timer passes.
     public func sleep(_ core: Core, wakeFD: Int32, timeoutNanoseconds: Int64) -> Bool {
+        defer { trimSlots() }
         if !readAgain.isEmpty || !flushList.isEmpty || !finishing.isEmpty { return true }
         var timeout = timeoutNanoseconds
         if timers.count > 0, let next = timers.nextEventTick() {
@@ -600,7 +605,7 @@ public final class KernelNetwork: CorePoller {
     func timerFired(_ payload: UInt64) {
         let (op, slot, gen) = KernelOp.decode(payload)
         guard Int(slot) < slots.count, slots[Int(slot)].generation == gen, slots[Int(slot)].has(.open) else { return }
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         switch op {
         case .connectTimeout:
             if p.pointee.has(.connecting) { finish(slot, .timedOut) }
@@ -680,8 +685,7 @@ public final class KernelNetwork: CorePoller {
         var addr: UInt32 = 0, port: UInt16 = 0
         _ = heretic_tcp_peer(fd, &addr, &port)
         let slot = allocateSlot(fd: fd, arena: arena, handler: arena.makeAccepted())
-        let p = slots.table[Int(slot)
-            >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         p.pointee.remoteAddress = addr
         p.pointee.remotePort = port
         p.pointee.localPort = listeners[Int(listener)].port
@@ -710,7 +714,7 @@ public final class KernelNetwork: CorePoller {
     }
 
     func armReceive(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         guard let ring, !p.pointee.has(.recvArmed), !p.pointee.has(.peerFinished), !p.pointee.has(.readPaused),
               !p.pointee.has(.tearingDown), p.pointee.has(.open) else { return }
         p.pointee.set(.recvArmed)
@@ -724,7 +728,7 @@ public final class KernelNetwork: CorePoller {
         let buffer: UInt16? = c.flags & HERETIC_CQE_F_BUFFER != 0 ? UInt16(truncatingIfNeeded: c.flags >> HERETIC_CQE_BUFFER_SHIFT) : nil
         defer { if let buffer, let ring { heretic_ring_buffer_recycle(ring, buffer) } }
         guard Int(slot) < slots.count, slots[Int(slot)].generation == generation else { return }
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         if !more { p.pointee.clear(.recvArmed) }
         if c.res > 0, let buffer, let ring {
             bytesReceived &+= Int(c.res)
@@ -748,7 +752,7 @@ public final class KernelNetwork: CorePoller {
     }
 
     func peerFinished(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         guard !p.pointee.has(.peerFinished), p.pointee.has(.open) else { return }
         p.pointee.set(.peerFinished)
         callback(slot) { a, h, c in a.peerClosed(h, &c) }
@@ -757,7 +761,7 @@ public final class KernelNetwork: CorePoller {
 
     func sent(_ res: Int32, slot: UInt32, generation: UInt32) {
         guard Int(slot) < slots.count, slots[Int(slot)].generation == generation else { return }
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         p.pointee.clear(.sendInFlight)
         if p.pointee.has(.tearingDown) {
             release(slot)
@@ -779,7 +783,7 @@ public final class KernelNetwork: CorePoller {
     }
 
     func connectDone(_ slot: UInt32, error: Int32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         if p.pointee.has(.tearingDown) {
             release(slot)
             return
@@ -846,7 +850,7 @@ public final class KernelNetwork: CorePoller {
 
     /// Reads what the socket holds (edge-triggered: until it is empty, or a batch limit).
     func readSocket(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         var reads = 0
         while p.pointee.has(.open) && !p.pointee.has(.readPaused) && !p.pointee.has(.peerFinished) {
             if reads == 16 {
@@ -875,7 +879,7 @@ public final class KernelNetwork: CorePoller {
     }
 
     func writePending(_ slot: UInt32) {
-        let p = slots.table[Int(slot) >> 10] + (Int(slot) & 1023)
+        let p = slots.pointer(Int(slot))
         while !p.pointee.out.isEmpty {
             _ = p.pointee.out.promote()
             let (base, length) = p.pointee.out.unsent

@@ -50,6 +50,13 @@
         }
     }
 
+    /// The element's address (stable while the store holds it), for code that works on
+    /// several of its fields in turn.
+    @inline(__always) @inlinable func pointer(_ i: Int) -> UnsafeMutablePointer<Element> {
+        precondition(i >= 0 && i < count, "Heretic: ChunkedStore index out of range")
+        return table[i >> 10] + (i & 1023)
+    }
+
     @inline(__always) @inlinable func append(_ element: Element) {
         if count == capacity { addChunk() }
         (table[count >> 10] + (count & 1023)).initialize(to: element)
