@@ -296,10 +296,10 @@ struct KernelNetworkTests {
             let deadPort = probe.port
             net.stopListening(port: deadPort)
             let silentPort = try! net.listenTCP(port: 0) { Silent() }
-            let pool = core.makePool(of: KernelClientTask.self)
-            pool.spawn(KernelClientTask(net: net, remote: TCPEndpoint(loopback, echoPort), results: results, index: 0))
-            pool.spawn(KernelClientTask(net: net, remote: TCPEndpoint(loopback, deadPort), results: results, index: 1))
-            pool.spawn(KernelClientTask(net: net, remote: TCPEndpoint(loopback, silentPort), results: results, index: 2))
+            let pool = core.makePool(of: EchoClientTask.self)
+            pool.spawn(EchoClientTask(connect: { net.connect(to: TCPEndpoint(loopback, echoPort), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 0))
+            pool.spawn(EchoClientTask(connect: { net.connect(to: TCPEndpoint(loopback, deadPort), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 1))
+            pool.spawn(EchoClientTask(connect: { net.connect(to: TCPEndpoint(loopback, silentPort), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 2))
         }
         #expect(try host.eventually { _ in results.done.count == 3 })
         let log = try host.runtime.run(on: 0) { _ in results.done }
@@ -339,50 +339,3 @@ struct KernelNetworkTests {
         #expect(peak <= 16_384 + 65_536)
     }
 }
-
-/// `EchoClientTask` over the kernel engine: connect, send, wait to read (200 ms), close.
-struct KernelClientTask: StacklessTask {
-    let net: KernelNetwork
-    let remote: TCPEndpoint
-    let results: TaskResults
-    let index: Int
-    var io = Event<TCPStatus>()
-    var socket: TCPSocket?
-    var step = 0
-    var log: [String] = []
-
-    mutating func resume(_ ctx: inout TaskContext<KernelClientTask>) -> Suspension {
-        while true {
-            switch step {
-            case 0:
-                socket = net.connect(to: remote, timeoutMilliseconds: 5000, notify: ctx.event(\.io))
-                step = 1
-                return ctx.wait(\.io)
-            case 1:
-                let status = TCPStatus(waited: io.take())
-                log.append("connect \(status)")
-                guard status == .ok, let s = socket else { return finish() }
-                log.append("send \(s.send(Array("hello, task!".utf8)))")
-                step = 2
-                if !s.waitReadable(ctx.event(\.io)) { return ctx.wait(\.io, timeoutMilliseconds: 200) }
-            case 2:
-                let status = socket!.available > 0 ? .ok : TCPStatus(waited: io.take())
-                guard status == .ok else { log.append("recv \(status)"); socket?.abort(); return finish() }
-                let got = socket!.receive(maxBytes: 100)
-                log.append("recv ok \(got.count)")
-                step = 3
-                if !socket!.close(notify: ctx.event(\.io)) { return ctx.wait(\.io, timeoutMilliseconds: 5000) }
-            default:
-                log.append("close \(TCPStatus(waited: io.take() ?? socket!.status))")
-                return finish()
-            }
-        }
-    }
-
-    mutating func finish() -> Suspension {
-        results.done[index] = log
-        socket = nil
-        return .exit
-    }
-}
-

@@ -165,11 +165,11 @@ struct TCPSocketTests {
         try hosts.runtime.run(on: 0) { core in
             try? net.b.listenTCP(port: 7) { TCPEcho() }
             let pool = core.makePool(of: EchoClientTask.self)
-            pool.spawn(EchoClientTask(interface: net.a, remote: TCPEndpoint(hostB, 7), results: results, index: 0))
-            pool.spawn(EchoClientTask(interface: net.a, remote: TCPEndpoint(hostB, 9), results: results, index: 1))
+            pool.spawn(EchoClientTask(connect: { net.a.connect(to: TCPEndpoint(hostB, 7), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 0))
+            pool.spawn(EchoClientTask(connect: { net.a.connect(to: TCPEndpoint(hostB, 9), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 1))
             // A server that never answers: recv times out.
             try? net.b.listenTCP(port: 8) { Silent() }
-            pool.spawn(EchoClientTask(interface: net.a, remote: TCPEndpoint(hostB, 8), results: results, index: 2))
+            pool.spawn(EchoClientTask(connect: { net.a.connect(to: TCPEndpoint(hostB, 8), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 2))
         }
         let deadline = MonotonicClock.nanoseconds() + 30_000_000_000
         while try hosts.runtime.run(on: 0, { _ in results.done.count }) < 3 && MonotonicClock.nanoseconds() < deadline {}
@@ -187,9 +187,9 @@ final class TaskResults: @unchecked Sendable {
 }
 
 /// The original's style: each step calls the stack, waits on `io`, checks the status.
+/// `connect` starts the connection on either engine, to be told on the event given.
 struct EchoClientTask: StacklessTask {
-    let interface: Interface
-    let remote: TCPEndpoint
+    let connect: (EventRef<TCPStatus>) -> TCPSocket
     let results: TaskResults
     let index: Int
     var io = Event<TCPStatus>()
@@ -201,7 +201,7 @@ struct EchoClientTask: StacklessTask {
         while true {
             switch step {
             case 0:
-                socket = interface.connect(to: remote, timeoutMilliseconds: 5000, notify: ctx.event(\.io))
+                socket = connect(ctx.event(\.io))
                 step = 1
                 return ctx.wait(\.io)
             case 1:

@@ -31,13 +31,7 @@ extension KernelNetwork {
         let socket = TCPSocket(kernel: self, remote: remote, receiveCapacity: receiveCapacity)
         socket.ref = openSocket(socket, to: remote, timeoutMilliseconds: timeoutMilliseconds)
         runFinishing()  // a failure to even start is told now
-        if socket.phase == .connecting,
-           case .failed(let e) = await socket.suspend(.connect, isolation: isolation) {
-            if e == .cancelled { socket.abort() }
-            throw e
-        }
-        if let e = socket.error { throw e }
-        return socket
+        return try await socket.established(isolation: isolation)
     }
 
     func openSocket(_ socket: TCPSocket, to remote: TCPEndpoint, timeoutMilliseconds: Int?) -> UInt64 {

@@ -304,6 +304,17 @@ public final class TCPSocket: @unchecked Sendable {
         if case .failed(let e) = await suspend(.close, isolation: isolation), e != .closed { throw e }
     }
 
+    /// Waits for the handshake a connect started: returns the socket, or throws why it failed
+    /// (a cancelled wait aborts the attempt).
+    func established(isolation: isolated (any Actor)?) async throws(TCPError) -> TCPSocket {
+        if phase == .connecting, case .failed(let e) = await suspend(.connect, isolation: isolation) {
+            if e == .cancelled { abort() }
+            throw e
+        }
+        if let error { throw error }
+        return self
+    }
+
     enum Which: UInt8, Sendable { case read, write, connect, close }
 
     func waiter(_ which: Which) -> UnsafeContinuation<Outcome, Never>? {
@@ -488,12 +499,6 @@ extension Interface {
         let socket = TCPSocket(layer: tcp, remote: remote, receiveCapacity: receiveCapacity)
         socket.localPort = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds,
                                        receiveWindow: socket.receiveCapacity, handler: SocketHandler(socket: socket, listener: nil))
-        if socket.phase == .connecting,
-           case .failed(let e) = await socket.suspend(.connect, isolation: isolation) {
-            if e == .cancelled { socket.abort() }
-            throw e
-        }
-        if let e = socket.error { throw e }
-        return socket
+        return try await socket.established(isolation: isolation)
     }
 }
