@@ -22,6 +22,12 @@
 
 // MARK: io_uring
 
+// Newer than some distributions' headers (Linux 6.12).
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+#define HERETIC_PBUF_RING_INC 2  // IOU_PBUF_RING_INC
+
 struct heretic_ring {
     int fd;
     unsigned setup_flags;
@@ -48,6 +54,15 @@ struct heretic_ring {
     unsigned buf_count, buf_size, buf_mask;
     uint16_t buf_group;
     uint16_t br_tail;
+    /// Consumed incrementally (IOU_PBUF_RING_INC): many receives share a buffer, each
+    /// starting where the last one ended (`buf_offset`), until it is used up.
+    int buf_incremental;
+    uint32_t *buf_offset;
+    /// Buffers held back, most recently used on top; only `buf_target` are in the ring at once,
+    /// so the few that are reused stay in the cache (the ring hands them out in order).
+    uint16_t *buf_free;
+    unsigned buf_free_count, buf_in_ring, buf_target;
+    uint64_t buf_starved;
     uint64_t enters, submitted;
 };
 
@@ -135,6 +150,8 @@ void heretic_ring_close(heretic_ring *r) {
     if (!r) return;
     if (r->br) munmap(r->br, r->br_size);
     if (r->buffers) munmap(r->buffers, r->buffers_size);
+    free(r->buf_offset);
+    free(r->buf_free);
     munmap(r->sqes, r->sqes_size);
     munmap(r->ring_map, r->ring_map_size);
     close(r->fd);  // the kernel cancels what is still in flight
@@ -142,31 +159,43 @@ void heretic_ring_close(heretic_ring *r) {
     free(r);
 }
 
-int heretic_ring_setup_buffers(heretic_ring *r, uint16_t group, unsigned count, unsigned size) {
-    if (count == 0 || (count & (count - 1)) != 0 || count > 32768 || r->br) return -EINVAL;
+int heretic_ring_setup_buffers(heretic_ring *r, uint16_t group, unsigned count, unsigned size, unsigned target) {
+    if (count == 0 || (count & (count - 1)) != 0 || count > 32768 || r->br || target == 0) return -EINVAL;
     r->br_size = count * sizeof(struct io_uring_buf);
     r->br = mmap(NULL, r->br_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (r->br == MAP_FAILED) { r->br = NULL; return -ENOMEM; }
     r->buffers_size = (size_t)count * size;
-    // Touched only as the kernel fills buffers: a quiet engine keeps few pages resident.
+    // Touched only as the kernel fills buffers: the pages of buffers never handed out stay
+    // unallocated.
     r->buffers = mmap(NULL, r->buffers_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (r->buffers == MAP_FAILED) {
-        munmap(r->br, r->br_size);
-        r->br = NULL;
-        r->buffers = NULL;
-        return -ENOMEM;
+    r->buf_offset = calloc(count, sizeof(uint32_t));
+    r->buf_free = calloc(count, sizeof(uint16_t));
+    int e = -ENOMEM;
+    if (r->buffers != MAP_FAILED && r->buf_offset && r->buf_free) {
+        struct io_uring_buf_reg reg;
+        memset(&reg, 0, sizeof reg);
+        reg.ring_addr = (uint64_t)(uintptr_t)r->br;
+        reg.ring_entries = count;
+        reg.bgid = group;
+        // Incremental consumption where the kernel has it (6.12), whole buffers otherwise.
+        reg.pad = HERETIC_PBUF_RING_INC;  // `flags` in newer headers
+        r->buf_incremental = 1;
+        e = 0;
+        if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
+            reg.pad = 0;
+            r->buf_incremental = 0;
+            if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) e = -errno;
+        }
     }
-    struct io_uring_buf_reg reg;
-    memset(&reg, 0, sizeof reg);
-    reg.ring_addr = (uint64_t)(uintptr_t)r->br;
-    reg.ring_entries = count;
-    reg.bgid = group;
-    if (sys_register(r->fd, IORING_REGISTER_PBUF_RING, &reg, 1) < 0) {
-        int e = -errno;
+    if (e != 0) {
         munmap(r->br, r->br_size);
-        munmap(r->buffers, r->buffers_size);
+        if (r->buffers != MAP_FAILED) munmap(r->buffers, r->buffers_size);
+        free(r->buf_offset);
+        free(r->buf_free);
         r->br = NULL;
         r->buffers = NULL;
+        r->buf_offset = NULL;
+        r->buf_free = NULL;
         return e;
     }
     r->buf_count = count;
@@ -174,25 +203,56 @@ int heretic_ring_setup_buffers(heretic_ring *r, uint16_t group, unsigned count, 
     r->buf_mask = count - 1;
     r->buf_group = group;
     r->br_tail = 0;
-    for (unsigned i = 0; i < count; i++) heretic_ring_buffer_recycle(r, (uint16_t)i);
+    r->buf_in_ring = 0;
+    r->buf_target = target < count ? target : count;
+    // Every buffer starts held back, buffer 0 on top.
+    r->buf_free_count = count;
+    for (unsigned i = 0; i < count; i++) r->buf_free[i] = (uint16_t)(count - 1 - i);
     heretic_ring_buffers_publish(r);
     return 0;
 }
 
-void *heretic_ring_buffer(heretic_ring *r, uint16_t id) {
-    return r->buffers + (size_t)id * r->buf_size;
+int heretic_ring_buffers_incremental(heretic_ring *r) { return r->buf_incremental; }
+unsigned heretic_ring_buffers_target(heretic_ring *r) { return r->buf_target; }
+
+void *heretic_ring_buffer_data(heretic_ring *r, uint16_t id) {
+    return r->buffers + (size_t)id * r->buf_size + r->buf_offset[id];
 }
 
-void heretic_ring_buffer_recycle(heretic_ring *r, uint16_t id) {
-    struct io_uring_buf *b = &r->br->bufs[r->br_tail & r->buf_mask];
-    b->addr = (uint64_t)(uintptr_t)(r->buffers + (size_t)id * r->buf_size);
-    b->len = r->buf_size;
-    b->bid = id;
-    r->br_tail++;
+void heretic_ring_buffer_done(heretic_ring *r, uint16_t id, int32_t res, uint32_t cqe_flags) {
+    if (id >= r->buf_count) return;
+    if (r->buf_incremental) {
+        // The kernel moves past `res` bytes and keeps the buffer at the ring's head until it
+        // is used up; a completion without data consumed nothing.
+        if (res <= 0) return;
+        r->buf_offset[id] += (uint32_t)res;
+        if (cqe_flags & IORING_CQE_F_BUF_MORE) return;
+    }
+    r->buf_offset[id] = 0;
+    if (r->buf_in_ring > 0) r->buf_in_ring--;
+    if (r->buf_free_count < r->buf_count) r->buf_free[r->buf_free_count++] = id;
+}
+
+void heretic_ring_buffers_starved(heretic_ring *r) {
+    r->buf_starved++;
+    if (r->buf_target < r->buf_count) r->buf_target *= 2;
+    if (r->buf_target > r->buf_count) r->buf_target = r->buf_count;
 }
 
 void heretic_ring_buffers_publish(heretic_ring *r) {
-    if (r->br) __atomic_store_n(&r->br->tail, r->br_tail, __ATOMIC_RELEASE);
+    if (!r->br) return;
+    unsigned added = 0;
+    while (r->buf_in_ring < r->buf_target && r->buf_free_count > 0) {
+        uint16_t id = r->buf_free[--r->buf_free_count];
+        struct io_uring_buf *b = &r->br->bufs[r->br_tail & r->buf_mask];
+        b->addr = (uint64_t)(uintptr_t)(r->buffers + (size_t)id * r->buf_size);
+        b->len = r->buf_size;
+        b->bid = id;
+        r->br_tail++;
+        r->buf_in_ring++;
+        added++;
+    }
+    if (added) __atomic_store_n(&r->br->tail, r->br_tail, __ATOMIC_RELEASE);
 }
 
 static struct io_uring_sqe *ring_sqe(heretic_ring *r, unsigned *slot) {

@@ -11,11 +11,14 @@ final class KernelHost: @unchecked Sendable {
 
     /// `backend` nil: chosen as in deployments (io_uring unless disabled or forced off with
     /// HERETIC_KERNEL_BACKEND=epoll, which CI does to exercise the fallback).
-    init(_ backend: KernelBackend?) throws {
+    init(_ backend: KernelBackend?, receiveBuffers: Int = 2048, receiveBufferSize: Int = 65_536,
+         receiveBuffersInRing: Int = 16) throws {
         runtime = try Runtime(cores: 1, pinThreads: false)
         let made = try runtime.run(on: 0) { core -> String? in
             do throws(NetError) {
-                self.net = try KernelNetwork(core: core, backend: backend)
+                self.net = try KernelNetwork(core: core, backend: backend, receiveBuffers: receiveBuffers,
+                                             receiveBufferSize: receiveBufferSize,
+                                             receiveBuffersInRing: receiveBuffersInRing)
                 return nil
             } catch {
                 return "\(error)"
@@ -140,6 +143,32 @@ struct KernelNetworkTests {
             #expect(host.net.accepted == count && host.net.connected == count)
         }
         // Every slot comes back once the kernel has finished with it.
+        #expect(try host.eventually { $0.connectionCount == 0 })
+    }
+
+    @Test("io_uring receives share a few small buffers; a ring found dry grows, and every byte arrives")
+    func receiveBuffersRunDry() throws {
+        // One 4 KB buffer in the ring at first (of 64), against 100 connections sending at once:
+        // receives find the ring dry, it grows, and many receives land in each buffer.
+        let host = try KernelHost(.uring, receiveBuffers: 64, receiveBufferSize: 4096, receiveBuffersInRing: 1)
+        defer { host.shutdown() }
+        let server = KernelLog(), client = KernelLog()
+        let count = 100, size = 20_000
+        try host.runtime.run(on: 0) { _ in
+            let port = try! host.net.listenTCP(port: 0) { LoggedEcho(log: server) }
+            for _ in 0..<count {
+                host.net.connectTCP(to: TCPEndpoint(loopback, port), PatternClient(total: size, log: client))
+            }
+        }
+        #expect(try host.eventually { _ in client.closed.count == count && server.closed.count == count })
+        try host.runtime.run(on: 0) { _ in
+            #expect(client.received == count * size)
+            #expect(client.mismatches == 0)
+            #expect(client.closed.allSatisfy { $0 == .normal })
+            #expect(server.closed.allSatisfy { $0 == .normal })
+            #expect(host.net.receiveBufferStarvation > 0)
+            #expect(host.net.receiveBuffersInRing > 1 && host.net.receiveBuffersInRing <= 64)
+        }
         #expect(try host.eventually { $0.connectionCount == 0 })
     }
 

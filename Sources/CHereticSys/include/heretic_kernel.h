@@ -30,12 +30,21 @@ typedef struct heretic_ring heretic_ring;
 int heretic_ring_open(heretic_ring **out, unsigned entries, unsigned cq_entries);
 void heretic_ring_close(heretic_ring *r);
 /// Registers a provided-buffer ring `group` of `count` buffers (a power of two) of `size`
-/// bytes, all handed to the kernel. Returns 0 or -errno (EINVAL: kernel too old).
-int heretic_ring_setup_buffers(heretic_ring *r, uint16_t group, unsigned count, unsigned size);
-/// Address of buffer `id` of the provided ring.
-void *heretic_ring_buffer(heretic_ring *r, uint16_t id);
-/// Gives buffer `id` back to the kernel; visible to it at the next `heretic_ring_buffers_publish`.
-void heretic_ring_buffer_recycle(heretic_ring *r, uint16_t id);
+/// bytes, consumed incrementally where the kernel allows it. Only `target` buffers are in the
+/// ring at a time, the most recently used first, so the memory receives land in stays warm;
+/// the target doubles each time the ring runs dry. Returns 0 or -errno (EINVAL: kernel too old).
+int heretic_ring_setup_buffers(heretic_ring *r, uint16_t group, unsigned count, unsigned size, unsigned target);
+/// 1 when receives share buffers (incremental consumption), 0 when each takes a whole one.
+int heretic_ring_buffers_incremental(heretic_ring *r);
+unsigned heretic_ring_buffers_target(heretic_ring *r);
+/// Where the data of the next completion that names buffer `id` starts.
+void *heretic_ring_buffer_data(heretic_ring *r, uint16_t id);
+/// Accounts a completion that named buffer `id` (every one, handled or not): the buffer goes
+/// back to the held-back stack once the kernel is done with it.
+void heretic_ring_buffer_done(heretic_ring *r, uint16_t id, int32_t res, uint32_t cqe_flags);
+/// A receive found the ring empty: keep more buffers in it.
+void heretic_ring_buffers_starved(heretic_ring *r);
+/// Tops the ring up to its target from the held-back stack; visible to the kernel at once.
 void heretic_ring_buffers_publish(heretic_ring *r);
 
 // Submissions: each queues one SQE (submitting what is queued first if the queue is full)

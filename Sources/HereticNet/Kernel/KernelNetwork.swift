@@ -36,9 +36,14 @@ public final class KernelNetwork: CorePoller {
     /// The setup flags the ring got (single issuer, deferred task work where available).
     public private(set) var ringFlags: UInt32 = 0
     static let bufferGroup: UInt16 = 7
-    /// Receive buffers in the provided ring, and their size.
+    /// Receive buffers of the provided ring, and their size.
     public let receiveBuffers: Int
     public let receiveBufferSize: Int
+    /// Receives share buffers, each starting where the last ended (Linux 6.12's incremental
+    /// consumption), instead of taking a whole buffer each.
+    public var receiveBuffersShared: Bool { ring.map { heretic_ring_buffers_incremental($0) != 0 } ?? false }
+    /// Buffers the ring holds now.
+    public var receiveBuffersInRing: Int { ring.map { Int(heretic_ring_buffers_target($0)) } ?? 0 }
     // epoll
     var epollFD: Int32 = -1
     /// Scratch buffer epoll reads land in before the handler sees them.
@@ -52,13 +57,19 @@ public final class KernelNetwork: CorePoller {
     @usableFromInline let slots = ChunkedStore<KernelSlot>()
     @usableFromInline var freeSlots: [UInt32] = []
     @usableFromInline var generations: UInt32 = 0
-    /// io_uring: whether a send to a connection with nothing queued goes out at once (one
+    /// io_uring: whether a send to a connection with nothing queued may go out at once (one
     /// non-blocking system call, no copy) instead of as an SQE submitted at the end of the
-    /// turn; what the socket cannot take is queued and goes through the ring. Measured on
-    /// this 2-core VM (`serve echo` against `loadgen`): at once was 8-19 % faster in
-    /// streaming and within the noise in ping-pong. False (`HERETIC_BATCHED_SENDS`) batches
-    /// every send.
+    /// turn; what the socket cannot take is queued and goes through the ring. It does while
+    /// the turn is quiet: sends made while handling a batch of at least
+    /// `batchedSendsFrom` completions are batched, one `io_uring_enter` for all of them.
+    /// Measured on this 2-core VM (`serve echo` against `loadgen`): at once was 8-19 % faster
+    /// in streaming (a few completions per turn), batched cut the CPU per message in
+    /// ping-pong (hundreds per turn). False (`HERETIC_BATCHED_SENDS`) batches every send.
     public var directSends = getenvString("HERETIC_BATCHED_SENDS") == nil
+    /// Completions in one batch from which its handlers' sends are batched.
+    public var batchedSendsFrom = getenvString("HERETIC_BATCH_SENDS_FROM").flatMap { Int($0) } ?? 16
+    /// True while handling a batch of completions large enough to batch sends.
+    @usableFromInline var busyTurn = false
     @usableFromInline var arenas: [AnyKernelArena] = []
     /// Arenas for actively opened connections, one per handler type.
     @usableFromInline var connectArenas: [ObjectIdentifier: AnyKernelArena] = [:]
@@ -98,8 +109,15 @@ public final class KernelNetwork: CorePoller {
 
     /// Chooses io_uring unless `HERETIC_KERNEL_BACKEND=epoll` asks otherwise, it is disabled
     /// (`/proc/sys/kernel/io_uring_disabled`), or it cannot be set up here: then epoll.
+    /// io_uring receives land in `receiveBuffers` buffers of `receiveBufferSize` bytes, of
+    /// which the ring holds `receiveBuffersInRing` at first, the most recently used (it
+    /// doubles them each time receives find it dry). Few buffers in the ring keep the memory
+    /// receives are copied into in the cache: measured on this VM (`serve echo` against
+    /// `loadgen`, streaming), 0.14-0.16 us of server CPU per message against 0.17-0.21 when
+    /// every receive took the next of 2,048 buffers in turn.
     public init(core: Core, backend requested: KernelBackend? = nil, ringEntries: Int = 4096,
-                receiveBuffers: Int = 2048, receiveBufferSize: Int = 65_536) throws(NetError) {
+                receiveBuffers: Int = 2048, receiveBufferSize: Int = 65_536,
+                receiveBuffersInRing: Int = 16) throws(NetError) {
         precondition(core.isCurrent, "Heretic: make a KernelNetwork on its own core")
         self.core = core
         self.receiveBuffers = receiveBuffers
@@ -123,7 +141,8 @@ public final class KernelNetwork: CorePoller {
             var r: OpaquePointer?
             let flags = heretic_ring_open(&r, UInt32(ringEntries), UInt32(ringEntries * 16))
             if flags >= 0, let r {
-                let b = heretic_ring_setup_buffers(r, Self.bufferGroup, UInt32(receiveBuffers), UInt32(receiveBufferSize))
+                let b = heretic_ring_setup_buffers(r, Self.bufferGroup, UInt32(receiveBuffers), UInt32(receiveBufferSize),
+                                                   UInt32(max(1, receiveBuffersInRing)))
                 if b == 0 {
                     ring = r
                     ringFlags = UInt32(flags)
@@ -324,7 +343,7 @@ public final class KernelNetwork: CorePoller {
         let n = bytes.count
         guard n > 0 else { return true }
         bytesSent &+= n
-        if ring == nil || directSends {
+        if ring == nil || (directSends && !busyTurn) {
             // epoll: write at once when nothing is queued; keep what the kernel cannot take.
             var offset = 0
             if p.pointee.out.isEmpty && !p.pointee.has(.connecting) {
@@ -643,7 +662,9 @@ public final class KernelNetwork: CorePoller {
         while true {
             let n = Int(heretic_ring_reap(ring, completions, UInt32(Self.completionBatch)))
             if n == 0 { break }
+            busyTurn = n >= batchedSendsFrom
             for i in 0..<n { dispatchRing(completions[i]) }
+            busyTurn = false
             heretic_ring_buffers_publish(ring)
             total += n
             runFinishing()
@@ -726,7 +747,7 @@ public final class KernelNetwork: CorePoller {
 
     func received(_ c: heretic_completion, slot: UInt32, generation: UInt32, more: Bool) {
         let buffer: UInt16? = c.flags & HERETIC_CQE_F_BUFFER != 0 ? UInt16(truncatingIfNeeded: c.flags >> HERETIC_CQE_BUFFER_SHIFT) : nil
-        defer { if let buffer, let ring { heretic_ring_buffer_recycle(ring, buffer) } }
+        defer { if let buffer, let ring { heretic_ring_buffer_done(ring, buffer, c.res, c.flags) } }
         guard Int(slot) < slots.count, slots[Int(slot)].generation == generation else { return }
         let p = slots.pointer(Int(slot))
         if !more { p.pointee.clear(.recvArmed) }
@@ -734,13 +755,14 @@ public final class KernelNetwork: CorePoller {
             bytesReceived &+= Int(c.res)
             if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
             if p.pointee.has(.open) && !p.pointee.has(.peerFinished) {
-                let data = UnsafeRawBufferPointer(start: heretic_ring_buffer(ring, buffer), count: Int(c.res))
+                let data = UnsafeRawBufferPointer(start: heretic_ring_buffer_data(ring, buffer), count: Int(c.res))
                 callback(slot) { a, h, conn in a.received(h, data, &conn) }
             }
         } else if c.res == 0 {
             peerFinished(slot)
         } else if c.res == -ENOBUFS {
             receiveBufferStarvation += 1
+            if let ring { heretic_ring_buffers_starved(ring) }
         } else if c.res != -ECANCELED {
             finish(slot, Self.reason(forError: -c.res))
         }
