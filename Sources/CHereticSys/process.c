@@ -117,3 +117,10 @@ int heretic_wait_termination(int timeout_ms) {
         if (errno != EINTR) return 0;
     }
 }
+
+double heretic_process_cpu_seconds(int pid) {
+    clockid_t clock;
+    struct timespec ts;
+    if (clock_getcpuclockid((pid_t)pid, &clock) != 0 || clock_gettime(clock, &ts) != 0) return -1;
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}

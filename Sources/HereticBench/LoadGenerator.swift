@@ -135,6 +135,8 @@ public struct EchoLoadGenerator {
     public var size = 512
     /// Messages in flight per streaming connection.
     public var window = 128
+    /// Called as measuring starts (after the warm-up), from the calling thread.
+    public var onMeasuring: (() -> Void)?
 
     public init(port: UInt16, mode: EchoLoadMode, connections: Int? = nil, seconds: Double) {
         self.port = port
@@ -191,6 +193,7 @@ public struct EchoLoadGenerator {
             shared.value.0.pointee.measuring = true
             return (shared.value.0.pointee.messages, MonotonicClock.nanoseconds())
         }
+        onMeasuring?()
         while Double(MonotonicClock.nanoseconds() - t0) / 1e9 < seconds { usleep(10_000) }
         let (m1, t1) = try runtime.run(on: 0) { _ -> (UInt64, UInt64) in
             shared.value.0.pointee.measuring = false

@@ -47,6 +47,12 @@ public struct PeersBenchmark {
         var msgsPerSec: Double
         var p50: Double, p99: Double, p999: Double
         var verified: Bool
+        /// CPU the server and the load generator used while the load measured, as a share of
+        /// one core (from the kernel's per-process CPU clocks).
+        var serverCPU: Double, loadCPU: Double
+        /// The server's CPU time per message echoed, in microseconds: what a server costs,
+        /// whether or not the load generator's core is what limits the rate.
+        var serverMicrosecondsPerMessage: Double { msgsPerSec > 0 ? serverCPU / msgsPerSec * 1e6 : 0 }
     }
 
     public func run(heretic: String, progress: (String) -> Void) throws -> [BenchResult] {
@@ -77,6 +83,7 @@ public struct PeersBenchmark {
                 let rs = runs[key(name, mode)] ?? []
                 return rs.isEmpty ? 0 : rs.map(\.msgsPerSec).reduce(0, +) / Double(rs.count)
             }
+            let cost = { (name: String) -> Double in average((runs[key(name, mode)] ?? []).map(\.serverMicrosecondsPerMessage)) }
             let peers = servers.filter { !$0.heretic }
             let best = peers.max { mean($0.name) < mean($1.name) }
             let nio = servers.first { $0.name == "swiftnio" }
@@ -92,11 +99,18 @@ public struct PeersBenchmark {
                 r.add("p50_us", rs.map(\.p50).max() ?? 0)
                 r.add("p99_us", rs.map(\.p99).max() ?? 0)
                 r.add("p999_us", rs.map(\.p999).max() ?? 0)
+                r.add("server_cpu_percent", (average(rs.map(\.serverCPU)) * 100).rounded())
+                r.add("server_cpu_us_per_msg", average(rs.map(\.serverMicrosecondsPerMessage)))
+                r.add("load_cpu_percent", (average(rs.map(\.loadCPU)) * 100).rounded())
                 r.add("runs", rs.map { formatFixed($0.msgsPerSec, digits: 0) }.joined(separator: " "))
                 if server.heretic, let best {
                     r.add("best_peer", best.name)
                     r.add("ratio_to_best_peer", mean(server.name) / max(1, mean(best.name)))
-                    if let nio { r.add("ratio_to_swiftnio", mean(server.name) / max(1, mean(nio.name))) }
+                    if let nio {
+                        r.add("ratio_to_swiftnio", mean(server.name) / max(1, mean(nio.name)))
+                        // SwiftNIO's CPU per message over Heretic's: how much less each echo costs.
+                        r.add("cpu_ratio_to_swiftnio", cost(nio.name) / max(1e-9, cost(server.name)))
+                    }
                 }
                 results.append(r)
             }
@@ -105,6 +119,7 @@ public struct PeersBenchmark {
     }
 
     func key(_ name: String, _ mode: EchoLoadMode) -> String { name + "/" + mode.rawValue }
+    func average(_ xs: [Double]) -> Double { xs.isEmpty ? 0 : xs.reduce(0, +) / Double(xs.count) }
 
     /// Starts `server` on CPU 0, runs the load against it from CPU 1, stops the server.
     func measure(_ server: Server, mode: EchoLoadMode, port: UInt16, heretic: String) throws -> Run {
@@ -115,16 +130,31 @@ public struct PeersBenchmark {
             throw BenchError("\(server.name) did not report ready (\(command.joined(separator: " ")))")
         }
         let load = try ChildProcess([heretic, "loadgen", "--port", String(port), "--mode", mode.rawValue,
-                                     "--seconds", formatFixed(seconds, digits: 2), "--json"], cpu: 1)
+                                     "--seconds", formatFixed(seconds, digits: 2), "--json", "--announce"], cpu: 1)
         var json = ""
+        // The CPU clocks of both processes and the wall clock, as measuring starts and ends.
+        var start: (server: Double, load: Double, wall: UInt64)?
+        var end = start
+        let sample = { (heretic_process_cpu_seconds(child.pid), heretic_process_cpu_seconds(load.pid), MonotonicClock.nanoseconds()) }
         while let l = load.readLine(timeoutMilliseconds: Int32(clamping: Int(seconds * 1000) + 60_000)) {
-            if l.hasPrefix("{") { json = l }
+            if l == "measuring" { start = sample() }
+            if l.hasPrefix("{") {
+                end = sample()
+                json = l
+            }
         }
         let status = load.wait(timeoutMilliseconds: 10_000)
         guard !json.isEmpty else { throw BenchError("the load generator printed no result against \(server.name) (exit \(status))") }
+        var serverCPU = 0.0, loadCPU = 0.0
+        if let start, let end, end.wall > start.wall, start.server >= 0, start.load >= 0 {
+            let wall = Double(end.wall - start.wall) / 1e9
+            serverCPU = (end.server - start.server) / wall
+            loadCPU = (end.load - start.load) / wall
+        }
         return Run(msgsPerSec: jsonNumber(json, "msgs_per_sec") ?? 0,
                    p50: jsonNumber(json, "p50_us") ?? 0, p99: jsonNumber(json, "p99_us") ?? 0,
-                   p999: jsonNumber(json, "p999_us") ?? 0, verified: status == 0)
+                   p999: jsonNumber(json, "p999_us") ?? 0, verified: status == 0,
+                   serverCPU: serverCPU, loadCPU: loadCPU)
     }
 }
 

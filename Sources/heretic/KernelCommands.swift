@@ -51,6 +51,8 @@ struct LoadGen: ParsableCommand {
     @Option(name: .customLong("conns"), help: "Connections (default: 4 streaming, 1000 ping-pong).") var connections: Int?
     @Option(help: "Seconds to measure (after half a second of warm-up).") var seconds = 3.0
     @Option(help: "CPU to run on.") var cpu: Int?
+    @Flag(help: "Print a line \"measuring\" as measuring starts (for `bench peers`, which times the server's CPU over the same span).")
+    var announce = false
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
@@ -61,7 +63,14 @@ struct LoadGen: ParsableCommand {
 
     func run() throws {
         try pinProcess(cpu)
-        try report([try EchoLoadGenerator(port: port, mode: mode, connections: connections, seconds: seconds).run()], output)
+        var load = EchoLoadGenerator(port: port, mode: mode, connections: connections, seconds: seconds)
+        if announce {
+            load.onMeasuring = {
+                print("measuring")
+                fflush(nil)
+            }
+        }
+        try report([try load.run()], output)
     }
 }
 
@@ -128,13 +137,18 @@ func note(_ text: String) {
 
 func printPeersTable(_ results: [BenchResult]) {
     func pad(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(0, n - s.count)) }
-    print(pad("mode", 11) + pad("server", 18) + pad("msgs/s", 10) + pad("p50 us", 9) + pad("p99 us", 9) + pad("p99.9 us", 10) + "vs best peer  vs SwiftNIO")
+    func ratio(_ r: BenchResult, _ key: String) -> String { r[key]?.asDouble.map { formatFixed($0, digits: 2) + "x" } ?? "" }
+    print(pad("mode", 11) + pad("server", 18) + pad("msgs/s", 10) + pad("p50 us", 9) + pad("p99 us", 9) + pad("p99.9 us", 10)
+          + pad("server CPU", 12) + pad("CPU us/msg", 12) + pad("load CPU", 10)
+          + "vs best peer  vs SwiftNIO  CPU/msg vs SwiftNIO")
     for r in results {
-        let ratio = r["ratio_to_best_peer"]?.asDouble.map { formatFixed($0, digits: 2) + "x" } ?? ""
-        let nio = r["ratio_to_swiftnio"]?.asDouble.map { formatFixed($0, digits: 2) + "x" } ?? ""
+        let percent = { (key: String) in r[key]?.asDouble.map { formatFixed($0, digits: 0) + " %" } ?? "" }
         print(pad(r["mode"]?.human ?? "", 11) + pad(r["server"]?.human ?? "", 18)
               + pad(humanRate(r["msgs_per_sec"]?.asDouble ?? 0), 10)
               + pad(r["p50_us"]?.human ?? "", 9) + pad(r["p99_us"]?.human ?? "", 9) + pad(r["p999_us"]?.human ?? "", 10)
-              + pad(ratio, 14) + nio)
+              + pad(percent("server_cpu_percent"), 12)
+              + pad(r["server_cpu_us_per_msg"]?.asDouble.map { formatFixed($0, digits: 2) } ?? "", 12)
+              + pad(percent("load_cpu_percent"), 10)
+              + pad(ratio(r, "ratio_to_best_peer"), 14) + pad(ratio(r, "ratio_to_swiftnio"), 13) + ratio(r, "cpu_ratio_to_swiftnio"))
     }
 }

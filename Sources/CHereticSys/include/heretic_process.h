@@ -17,6 +17,9 @@ int heretic_signal(int pid, int sig);
 /// Waits up to `timeout_ms` for `pid` to end; returns its exit status (128 + signal if
 /// killed), or -1 if it is still running.
 int heretic_wait_child(int pid, int timeout_ms);
+/// CPU time (user plus system, every thread) process `pid` has used, in seconds; -1 if it
+/// cannot be read.
+double heretic_process_cpu_seconds(int pid);
 /// Blocks SIGINT and SIGTERM in the calling thread (threads started after inherit it), so
 /// `heretic_wait_termination` can take them.
 void heretic_block_termination(void);
