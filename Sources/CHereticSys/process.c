@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -123,4 +125,27 @@ double heretic_process_cpu_seconds(int pid) {
     struct timespec ts;
     if (clock_getcpuclockid((pid_t)pid, &clock) != 0 || clock_gettime(clock, &ts) != 0) return -1;
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double heretic_process_user_seconds(int pid) {
+    char path[64], buffer[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t n = read(fd, buffer, sizeof buffer - 1);
+    close(fd);
+    if (n <= 0) return -1;
+    buffer[n] = 0;
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    char *cursor = strrchr(buffer, ')');
+    if (!cursor) return -1;
+    cursor++;
+    // Fields 3..13 (state .. cmajflt), then utime (14).
+    for (int field = 3; field <= 13; field++) {
+        while (*cursor == ' ') cursor++;
+        while (*cursor && *cursor != ' ') cursor++;
+    }
+    unsigned long long ticks = strtoull(cursor, NULL, 10);
+    long hz = sysconf(_SC_CLK_TCK);
+    return hz > 0 ? (double)ticks / (double)hz : -1;
 }

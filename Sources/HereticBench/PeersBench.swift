@@ -50,6 +50,9 @@ public struct PeersBenchmark {
         /// CPU the server and the load generator used while the load measured, as a share of
         /// one core (from the kernel's per-process CPU clocks).
         var serverCPU: Double, loadCPU: Double
+        /// The share of the server's CPU spent in user space (the rest is the kernel's work:
+        /// system calls, copies, TCP).
+        var serverUserShare: Double
         /// The server's CPU time per message echoed, in microseconds: what a server costs,
         /// whether or not the load generator's core is what limits the rate.
         var serverMicrosecondsPerMessage: Double { msgsPerSec > 0 ? serverCPU / msgsPerSec * 1e6 : 0 }
@@ -101,6 +104,7 @@ public struct PeersBenchmark {
                 r.add("p999_us", rs.map(\.p999).max() ?? 0)
                 r.add("server_cpu_percent", (average(rs.map(\.serverCPU)) * 100).rounded())
                 r.add("server_cpu_us_per_msg", average(rs.map(\.serverMicrosecondsPerMessage)))
+                r.add("server_user_cpu_percent", (average(rs.map(\.serverUserShare)) * 100).rounded())
                 r.add("load_cpu_percent", (average(rs.map(\.loadCPU)) * 100).rounded())
                 r.add("runs", rs.map { formatFixed($0.msgsPerSec, digits: 0) }.joined(separator: " "))
                 if server.heretic, let best {
@@ -135,26 +139,34 @@ public struct PeersBenchmark {
         // The CPU clocks of both processes and the wall clock, as measuring starts and ends.
         var start: (server: Double, load: Double, wall: UInt64)?
         var end = start
+        var startUser = 0.0, endUser = 0.0
         let sample = { (heretic_process_cpu_seconds(child.pid), heretic_process_cpu_seconds(load.pid), MonotonicClock.nanoseconds()) }
         while let l = load.readLine(timeoutMilliseconds: Int32(clamping: Int(seconds * 1000) + 60_000)) {
-            if l == "measuring" { start = sample() }
+            if l == "measuring" {
+                start = sample()
+                startUser = heretic_process_user_seconds(child.pid)
+            }
             if l.hasPrefix("{") {
                 end = sample()
+                endUser = heretic_process_user_seconds(child.pid)
                 json = l
             }
         }
         let status = load.wait(timeoutMilliseconds: 10_000)
         guard !json.isEmpty else { throw BenchError("the load generator printed no result against \(server.name) (exit \(status))") }
-        var serverCPU = 0.0, loadCPU = 0.0
+        var serverCPU = 0.0, loadCPU = 0.0, userShare = 0.0
         if let start, let end, end.wall > start.wall, start.server >= 0, start.load >= 0 {
             let wall = Double(end.wall - start.wall) / 1e9
             serverCPU = (end.server - start.server) / wall
             loadCPU = (end.load - start.load) / wall
+            if startUser >= 0, endUser >= startUser, end.server > start.server {
+                userShare = min(1, (endUser - startUser) / (end.server - start.server))
+            }
         }
         return Run(msgsPerSec: jsonNumber(json, "msgs_per_sec") ?? 0,
                    p50: jsonNumber(json, "p50_us") ?? 0, p99: jsonNumber(json, "p99_us") ?? 0,
                    p999: jsonNumber(json, "p999_us") ?? 0, verified: status == 0,
-                   serverCPU: serverCPU, loadCPU: loadCPU)
+                   serverCPU: serverCPU, loadCPU: loadCPU, serverUserShare: userShare)
     }
 }
 

@@ -139,14 +139,14 @@ func printPeersTable(_ results: [BenchResult]) {
     func pad(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(0, n - s.count)) }
     func ratio(_ r: BenchResult, _ key: String) -> String { r[key]?.asDouble.map { formatFixed($0, digits: 2) + "x" } ?? "" }
     print(pad("mode", 11) + pad("server", 18) + pad("msgs/s", 10) + pad("p50 us", 9) + pad("p99 us", 9) + pad("p99.9 us", 10)
-          + pad("server CPU", 12) + pad("CPU us/msg", 12) + pad("load CPU", 10)
+          + pad("server CPU", 12) + pad("of it user", 12) + pad("CPU us/msg", 12) + pad("load CPU", 10)
           + "vs best peer  vs SwiftNIO  CPU/msg vs SwiftNIO")
     for r in results {
         let percent = { (key: String) in r[key]?.asDouble.map { formatFixed($0, digits: 0) + " %" } ?? "" }
         print(pad(r["mode"]?.human ?? "", 11) + pad(r["server"]?.human ?? "", 18)
               + pad(humanRate(r["msgs_per_sec"]?.asDouble ?? 0), 10)
               + pad(r["p50_us"]?.human ?? "", 9) + pad(r["p99_us"]?.human ?? "", 9) + pad(r["p999_us"]?.human ?? "", 10)
-              + pad(percent("server_cpu_percent"), 12)
+              + pad(percent("server_cpu_percent"), 12) + pad(percent("server_user_cpu_percent"), 12)
               + pad(r["server_cpu_us_per_msg"]?.asDouble.map { formatFixed($0, digits: 2) } ?? "", 12)
               + pad(percent("load_cpu_percent"), 10)
               + pad(ratio(r, "ratio_to_best_peer"), 14) + pad(ratio(r, "ratio_to_swiftnio"), 13) + ratio(r, "cpu_ratio_to_swiftnio"))

@@ -20,6 +20,8 @@ int heretic_wait_child(int pid, int timeout_ms);
 /// CPU time (user plus system, every thread) process `pid` has used, in seconds; -1 if it
 /// cannot be read.
 double heretic_process_cpu_seconds(int pid);
+/// The part of it spent in user space (from /proc/<pid>/stat, in clock ticks); -1 if unreadable.
+double heretic_process_user_seconds(int pid);
 /// Blocks SIGINT and SIGTERM in the calling thread (threads started after inherit it), so
 /// `heretic_wait_termination` can take them.
 void heretic_block_termination(void);
