@@ -136,19 +136,18 @@ public struct PeersBenchmark {
         let load = try ChildProcess([heretic, "loadgen", "--port", String(port), "--mode", mode.rawValue,
                                      "--seconds", formatFixed(seconds, digits: 2), "--json", "--announce"], cpu: 1)
         var json = ""
-        // The CPU clocks of both processes and the wall clock, as measuring starts and ends.
-        var start: (server: Double, load: Double, wall: UInt64)?
-        var end = start
-        var startUser = 0.0, endUser = 0.0
-        let sample = { (heretic_process_cpu_seconds(child.pid), heretic_process_cpu_seconds(load.pid), MonotonicClock.nanoseconds()) }
+        // The CPU clocks of both processes (and the server's user time) and the wall clock, as
+        // measuring starts and ends.
+        typealias Sample = (server: Double, serverUser: Double, load: Double, wall: UInt64)
+        let sample = { () -> Sample in
+            (heretic_process_cpu_seconds(child.pid), heretic_process_user_seconds(child.pid),
+             heretic_process_cpu_seconds(load.pid), MonotonicClock.nanoseconds())
+        }
+        var start: Sample?, end: Sample?
         while let l = load.readLine(timeoutMilliseconds: Int32(clamping: Int(seconds * 1000) + 60_000)) {
-            if l == "measuring" {
-                start = sample()
-                startUser = heretic_process_user_seconds(child.pid)
-            }
+            if l == "measuring" { start = sample() }
             if l.hasPrefix("{") {
                 end = sample()
-                endUser = heretic_process_user_seconds(child.pid)
                 json = l
             }
         }
@@ -159,8 +158,8 @@ public struct PeersBenchmark {
             let wall = Double(end.wall - start.wall) / 1e9
             serverCPU = (end.server - start.server) / wall
             loadCPU = (end.load - start.load) / wall
-            if startUser >= 0, endUser >= startUser, end.server > start.server {
-                userShare = min(1, (endUser - startUser) / (end.server - start.server))
+            if start.serverUser >= 0, end.serverUser >= start.serverUser, end.server > start.server {
+                userShare = min(1, (end.serverUser - start.serverUser) / (end.server - start.server))
             }
         }
         return Run(msgsPerSec: jsonNumber(json, "msgs_per_sec") ?? 0,
