@@ -95,6 +95,16 @@ struct ConnectionTable {
         for i in oldKeys.indices where oldKeys[i] != 0 { insert(oldKeys[i], oldValues[i]) }
     }
 
+    /// Slots looked at to find `key` (1: at its home), or to learn it is absent.
+    func probeLength(_ key: UInt64) -> Int {
+        var i = home(key), n = 1
+        while keys[i] != key && keys[i] != 0 {
+            i = (i + 1) & mask
+            n += 1
+        }
+        return n
+    }
+
     /// Slots allocated (for tests and memory accounting).
     var capacity: Int { mask + 1 }
 }
