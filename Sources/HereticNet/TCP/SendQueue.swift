@@ -1,0 +1,33 @@
+/// Per-connection data waiting for acknowledgement: created with the first byte sent and
+/// released when the last is acknowledged ("lazy IO": an idle connection owns no buffer).
+@usableFromInline struct SendQueue {
+    @usableFromInline var bytes: [UInt8] = []
+    /// Bytes at the front already acknowledged (trimmed in batches of at most 64 KiB).
+    @usableFromInline var ackedCount: UInt32 = 0
+    @usableFromInline var flags: UInt8 = 0
+    @inlinable init() {}
+
+    @inlinable var acked: Int {
+        get { Int(ackedCount) }
+        set { ackedCount = UInt32(newValue) }
+    }
+    @inlinable func flag(_ bit: UInt8) -> Bool { flags & bit != 0 }
+    @inlinable mutating func set(_ bit: UInt8, _ on: Bool) { flags = on ? flags | bit : flags & ~bit }
+    @inlinable var closeRequested: Bool { get { flag(1) } set { set(1, newValue) } }
+    /// Nagle off: send small segments at once even with data unacknowledged.
+    @inlinable var noDelay: Bool { get { flag(2) } set { set(2, newValue) } }
+    /// Received data waits for a delayed ACK (in the layer's delayed-ACK queue).
+    @inlinable var ackOwed: Bool { get { flag(4) } set { set(4, newValue) } }
+    /// Out-of-order data waits in the layer's reassembly store.
+    @inlinable var hasStash: Bool { get { flag(8) } set { set(8, newValue) } }
+
+    @inlinable var pending: Int { bytes.count - acked }
+    /// Nothing queued, nothing owed: the queue holds no memory.
+    @inlinable var isIdle: Bool { bytes.count == acked && !closeRequested }
+
+    @usableFromInline mutating func reset() {
+        bytes = []
+        ackedCount = 0
+        flags = 0
+    }
+}
