@@ -495,12 +495,11 @@ int heretic_tcp_set_nodelay(int fd, int on) {
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) < 0 ? -errno : 0;
 }
 
-int heretic_tcp_set_keepalive(int fd, int seconds) {
-    int on = seconds > 0;
+int heretic_tcp_set_keepalive(int fd, int idle, int interval, int count) {
+    int on = idle > 0;
     if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) < 0) return -errno;
     if (!on) return 0;
-    int interval = seconds < 75 ? seconds : 75, count = 9;
-    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &seconds, sizeof seconds) < 0 ||
+    if (setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) < 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof interval) < 0 ||
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count) < 0) return -errno;
     return 0;

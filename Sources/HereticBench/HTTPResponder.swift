@@ -77,19 +77,23 @@ struct HTTPResponder: TCPHandler {
 
     mutating func writable(_ connection: inout TCPConnection) { fill(&connection) }
 
-    /// Queues body bytes while less than 256 KiB waits; closes after the last.
+    /// Queues body bytes until the send buffer is full (`writable` brings more); closes
+    /// after the last.
     mutating func fill(_ connection: inout TCPConnection) {
-        while remaining > 0 && connection.bytesQueued < 262_144 {
+        while remaining > 0 {
             let start = offset % GeneratedBody.blockLength
             let n = min(remaining, GeneratedBody.blockLength - start, 16_384)
-            let ok = GeneratedBody.block.withUnsafeBytes { b in
+            let taken = GeneratedBody.block.withUnsafeBytes { b in
                 connection.send(UnsafeRawBufferPointer(rebasing: b[start..<(start + n)]))
             }
-            guard ok else { remaining = 0; return }
-            offset += n
-            remaining -= n
+            offset += taken
+            remaining -= taken
+            guard taken == n else {
+                if !connection.canSend { remaining = 0 }  // closing: nothing more goes out
+                return
+            }
         }
-        if remaining == 0 { connection.close() }
+        connection.close()
     }
 
     func headEnd() -> Int? {

@@ -21,19 +21,21 @@ struct StreamStats {
     var closed = 0
 }
 
-/// One end of the bulk test: keeps 256 KiB queued, checks every byte it receives.
+/// One end of the bulk test: keeps its send buffer full, checks every byte it receives.
 struct StreamPeer: TCPHandler {
     let stats: UnsafeMutablePointer<StreamStats>
     var sentOffset = 0
     var receivedOffset = 0
 
+    /// Sends until the connection's send buffer is full (`writable` asks for more).
     mutating func fill(_ connection: inout TCPConnection) {
-        while !stats.pointee.stop && connection.bytesQueued < 256 * 1024 {
-            let chunk = 16 * 1024
+        let chunk = 16 * 1024
+        while !stats.pointee.stop {
             let window = sentOffset % (1 << 16)
-            guard connection.send(UnsafeRawBufferPointer(start: streamPattern + window, count: chunk)) else { return }
-            sentOffset += chunk
-            stats.pointee.sent += chunk
+            let taken = connection.send(UnsafeRawBufferPointer(start: streamPattern + window, count: chunk))
+            sentOffset += taken
+            stats.pointee.sent += taken
+            if taken < chunk { return }
         }
     }
 

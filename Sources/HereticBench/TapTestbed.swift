@@ -20,6 +20,21 @@ public func runCommand(_ arguments: [String]) -> (status: Int32, output: String)
     return (status, String(cString: output))
 }
 
+/// Whether a test suite that needs the machine's privileges or tools runs here.
+public enum TestEnvironment {
+    /// `HERETIC_REQUIRE_ALL_SUITES=1` (set by CI): suites run even where they would skip, so a
+    /// machine that should have been able to run them fails instead of skipping quietly.
+    public static var requireAll: Bool { getenv("HERETIC_REQUIRE_ALL_SUITES").map { String(cString: $0) == "1" } ?? false }
+
+    /// True when `canRun` says the suite can run here, or every suite is required to.
+    public static func mayRun(_ canRun: (Bool, String)) -> Bool { canRun.0 || requireAll }
+
+    /// The first of `tools` missing from PATH, if any.
+    public static func missingTool(_ tools: [String]) -> String? {
+        tools.first { runCommand(["sh", "-c", "command -v \($0)"]).status != 0 }
+    }
+}
+
 /// A test topology for the TAP packet path, made and removed by this process: a network
 /// namespace holding the kernel side of a TAP device, with an address on it, so that Linux
 /// tools run in the namespace (`ip netns exec NAME ...`) reach the stack as a neighbour and
@@ -39,6 +54,9 @@ public final class TapTestbed: @unchecked Sendable {
         if getuid() != 0 { return (false, "needs root (network namespaces and a TAP device)") }
         if access("/dev/net/tun", R_OK | W_OK) != 0 { return (false, "no /dev/net/tun") }
         if runCommand(["ip", "-V"]).status != 0 { return (false, "no `ip` command (iproute2)") }
+        if let tool = TestEnvironment.missingTool(["python3", "ping", "curl"]) {
+            return (false, "no `\(tool)` (scripts/test installs it)")
+        }
         return (true, "")
     }
 

@@ -34,6 +34,9 @@ public final class XDPTestbed: @unchecked Sendable {
     public static var canRun: (Bool, String) {
         if getuid() != 0 { return (false, "needs root (network namespaces, veth and XDP)") }
         if runCommand(["ip", "-V"]).status != 0 { return (false, "no `ip` command (iproute2)") }
+        if let tool = TestEnvironment.missingTool(["python3", "ping", "curl"]) {
+            return (false, "no `\(tool)` (scripts/test installs it)")
+        }
         if runCommand(["ethtool", "--version"]).status != 0 { return (false, "no `ethtool` (to turn checksum offload off on the veth peer)") }
         let fd = socket(44 /* AF_XDP */, Int32(SOCK_RAW.rawValue), 0)
         if fd < 0 { return (false, "no AF_XDP sockets in this kernel (errno \(errno))") }

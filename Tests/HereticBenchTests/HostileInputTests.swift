@@ -42,7 +42,7 @@ let rawFrames = """
 
 /// Hostile input from the link. Needs root; skipped otherwise, saying why.
 @Suite("Hostile input through TAP", .serialized,
-       .enabled(if: TapTestbed.canRun.0, Comment(rawValue: "skipped: \(TapTestbed.canRun.1)")))
+       .enabled(if: TestEnvironment.mayRun(TapTestbed.canRun), Comment(rawValue: "skipped: \(TapTestbed.canRun.1)")))
 struct HostileInputTests {
     func frames(_ bed: TapTestbed, _ script: String, _ args: [String] = []) -> (status: Int32, output: String) {
         bed.run(["python3", "-c", rawFrames + "\n" + script, bed.device.name, "\(bed.linuxAddress)",

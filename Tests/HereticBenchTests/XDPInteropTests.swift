@@ -10,7 +10,7 @@ import Glibc
 /// namespace the test makes and removes. Needs root; without it the suite is skipped, saying
 /// why.
 @Suite("Interop with Linux through AF_XDP on veth", .serialized,
-       .enabled(if: XDPTestbed.canRun.0, Comment(rawValue: "skipped: \(XDPTestbed.canRun.1)")))
+       .enabled(if: TestEnvironment.mayRun(XDPTestbed.canRun), Comment(rawValue: "skipped: \(XDPTestbed.canRun.1)")))
 struct XDPInteropTests {
     @Test("ping, TCP echo on 200 connections, UDP echo and a 2 MB HTTP download over the XDP device; every buffer comes back",
           arguments: [XDPAttachMode.native, .generic])

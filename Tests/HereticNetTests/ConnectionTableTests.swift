@@ -8,8 +8,9 @@ struct ConnectionTableTests {
         var table = ConnectionTable(capacity: 8)
         var reference: [UInt64: UInt64] = [:]
         var rng = SplitMix64(seed: 77)
-        // Few distinct keys relative to operations, so removals hit long probe runs.
-        let keySpace = (0..<5000).map { _ in rng.next() | 1 }
+        // Few distinct keys relative to operations, so removals hit long probe runs; key 0
+        // (the empty bucket's marker) among them.
+        let keySpace = [0] + (0..<5000).map { _ in rng.next() | 1 }
         for step in 0..<1_000_000 {
             let key = keySpace[Int(rng.next() % UInt64(keySpace.count))]
             switch rng.next() % 3 {

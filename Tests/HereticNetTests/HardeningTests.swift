@@ -75,8 +75,10 @@ struct HardeningTests {
         #expect(accepted.isOpen)
         // A connection to a host that never answers, aborted while it waits.
         let socket = TCPSocket(layer: peer.stack.tcp, remote: TCPEndpoint(peer.address, 5555), receiveCapacity: 65_536)
-        socket.localPort = peer.stack.tcp.connect(to: TCPEndpoint(peer.address, 5555), receiveWindow: socket.receiveCapacity,
-                                                  handler: SocketHandler(socket: socket, listener: nil))
+        // (What `Interface.connect(to:notify:)` does, without the task that would wait.)
+        (socket.localPort, socket.ref) = peer.stack.tcp.connect(to: TCPEndpoint(peer.address, 5555),
+                                                                receiveWindow: socket.receiveCapacity,
+                                                                handler: SocketHandler(socket: socket, listener: nil))
         socket.abort()
         peer.step(2)
         #expect(accepted.isOpen, "the accepted connection is untouched")
@@ -114,20 +116,22 @@ struct HardeningTests {
         let synAck = try #require(peer.takeSegments().first)
         peer.inject(peer.tcp(to: 9, sequence: 1001, acknowledgment: synAck.sequence &+ 1, flags: .ack, window: 0))
         // Answer every probe at once, for an hour at most.
-        var minutes = 0
+        var minutes = 0, answered = 0
         while log.closedReason == nil && minutes < 60 {
             for _ in 0..<600 {
                 peer.stack.poll(now: peer.now)
                 peer.collect()
-                for s in peer.takeSegments() where s.flags.contains(.ack) {
+                for s in peer.takeSegments() where s.flags == .ack && s.payloadLength == 0 {
                     peer.inject(peer.tcp(to: 9, sequence: 1001, acknowledgment: synAck.sequence &+ 1, flags: .ack, window: 0))
-                    _ = s
+                    answered += 1
                 }
                 peer.now += 100
             }
             minutes += 1
         }
         #expect(log.closedReason == .timedOut, "gave up after \(minutes) minutes of a closed window")
+        #expect((5...15).contains(minutes), "about nine minutes of answered probes: \(minutes)")
+        #expect(answered == Int(TCB.maxPersistProbes), "probing started although the window was closed from the handshake on, and every probe was answered: \(answered)")
         #expect(peer.stack.tcpConnectionCount == 0)
     }
 
@@ -150,7 +154,10 @@ struct HardeningTests {
     @Test("connections work across the 32-bit millisecond wrap (49.7 days of uptime)")
     func clockWrap() throws {
         let net = TwoHosts(), log = TCPLog()
-        net.now = (1 << 32) - 5
+        _ = (net.a.tcp, net.b.tcp)
+        net.run(1)  // the layers' clocks start here, at 0
+        net.now = (1 << 32) - 6  // idle for 49.7 days
+        net.run(1)
         try net.b.listenTCP(port: 7) { TCPEcho() }
         let message = [UInt8](repeating: 7, count: 300_000)
         net.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: message, log: log))

@@ -95,15 +95,25 @@ final class RawPeer: @unchecked Sendable {
         }
     }
 
+    /// Takes what the stack sent; answers its ARP requests for our address at once, as a
+    /// live neighbour would (those are not kept in the inbox).
     func collect() {
         var got: [Packet] = []
         _ = link.a.receive(into: &got, limit: .max, pool: pool)
         for p in got {
             let bytes = pool.contents(p)
             pool.release(p)
-            inbox.append((withBytes(bytes) { Dissection.dissect($0, length: $1) }, bytes))
+            let d = withBytes(bytes) { Dissection.dissect($0, length: $1) }
+            if answersARP, case .arp(let a) = d, a.operation == .request, a.targetIP == address {
+                inject(arp(.reply, senderIP: address, targetIP: a.senderIP, targetMAC: a.senderMAC, to: a.senderMAC))
+                continue
+            }
+            inbox.append((d, bytes))
         }
     }
+
+    /// Whether `collect` answers the stack's ARP requests (off: a neighbour that vanished).
+    var answersARP = true
 
     /// Takes what the stack sent so far.
     func take() -> [Dissection] {

@@ -13,12 +13,12 @@ func segments(_ actions: [TCPAction]) -> [TCPSegmentInfo] {
 
 /// What the owner does with `.acknowledge`: one fresh ACK from the TCB after the round,
 /// unless another segment of the round already carried it.
-func resolved(_ actions: [TCPAction], _ tcb: TCB) -> [TCPAction] {
+func resolved(_ actions: [TCPAction], _ tcb: TCB, now: UInt32 = 1) -> [TCPAction] {
     let carried = !segments(actions).isEmpty
-    let acks: [TCPAction] = [.acknowledge, .acknowledgeDelayed, .challengeAck]
+    let acks: [TCPAction] = [.acknowledge, .acknowledgeDelayed, .challengeAck, .pawsRejected]
     var out = actions.filter { !acks.contains($0) }
     if actions.contains(where: { acks.contains($0) }) && !carried {
-        out.append(.send(tcb.ackSegment(now: 1)))
+        out.append(.send(tcb.ackSegment(now: now)))
     }
     return out
 }
@@ -40,7 +40,7 @@ func deliver(_ actions: [TCPAction], to tcb: inout TCB, now: UInt32 = 1) -> [TCP
     for s in segments(actions) {
         var round: [TCPAction] = []
         tcb.segmentArrived(s, now: now, out: &round)
-        out += resolved(round, tcb)
+        out += resolved(round, tcb, now: now)
     }
     return out
 }
@@ -143,20 +143,21 @@ struct TCBTests {
     func activeClose() {
         var (client, server) = connectedPair()
         var out: [TCPAction] = []
+        // (Each side's clock only goes forward, as its timestamps must for PAWS.)
         client.close(now: 2, out: &out)
         #expect(client.state == .finWait1 && segments(out).first?.flags == [.fin, .ack])
-        let serverOut = deliver(out, to: &server)
+        let serverOut = deliver(out, to: &server, now: 2)
         #expect(server.state == .closeWait && serverOut.contains(.peerClosed))
-        deliver(serverOut, to: &client)
+        deliver(serverOut, to: &client, now: 2)
         #expect(client.state == .finWait2)
         var closing: [TCPAction] = []
         server.close(now: 3, out: &closing)
         #expect(server.state == .lastAck)
-        let clientOut = deliver(closing, to: &client)
+        let clientOut = deliver(closing, to: &client, now: 3)
         #expect(client.state == .timeWait && clientOut.contains(.startTimeWait(milliseconds: 60_000)))
-        #expect(events(deliver(clientOut, to: &server)) == [.closed(.normal)] && server.state == .closed)
+        #expect(events(deliver(clientOut, to: &server, now: 3)) == [.closed(.normal)] && server.state == .closed)
         // A FIN retransmitted into TIME-WAIT is acknowledged and restarts the wait.
-        let again = deliver(closing, to: &client)
+        let again = deliver(closing, to: &client, now: 4)
         #expect(segments(again).count == 1 && again.contains(.startTimeWait(milliseconds: 60_000)))
         var end: [TCPAction] = []
         client.timeWaitExpired(out: &end)
@@ -169,10 +170,10 @@ struct TCBTests {
         var outA: [TCPAction] = [], outB: [TCPAction] = []
         a.close(now: 2, out: &outA)
         b.close(now: 2, out: &outB)
-        let fromA = deliver(outB, to: &a), fromB = deliver(outA, to: &b)
+        let fromA = deliver(outB, to: &a, now: 2), fromB = deliver(outA, to: &b, now: 2)
         #expect(a.state == .closing && b.state == .closing)
-        deliver(fromA, to: &b)
-        deliver(fromB, to: &a)
+        deliver(fromA, to: &b, now: 3)
+        deliver(fromB, to: &a, now: 3)
         #expect(a.state == .timeWait && b.state == .timeWait)
     }
 
@@ -351,7 +352,7 @@ struct TCBTests {
         var o: [TCPAction] = []
         client.abort(out: &o)
         #expect(segments(o).first?.flags == [.rst, .ack] && o.last == .closed(.reset))
-        #expect(MemoryLayout<TCB>.size <= 88, "compact state (the 4-tuple and timer slot fit in the 128-byte budget): \(MemoryLayout<TCB>.size) bytes")
+        #expect(MemoryLayout<TCB>.size <= 89, "compact state (the 4-tuple and timer slot fit in the 128-byte budget): \(MemoryLayout<TCB>.size) bytes")
     }
 }
 
@@ -430,7 +431,7 @@ struct TCBRecoveryTests {
         #expect(client.ackSegment(now: 1).sequence == client.sndMax)
     }
 
-    @Test("a zero window is probed with backoff, never given up while answered, and reopens")
+    @Test("a zero window is probed with backoff, answered or not, reopens, and is given up on after nine minutes closed")
     func persist() {
         var (client, _) = connectedPair()
         var o: [TCPAction] = []
@@ -443,24 +444,45 @@ struct TCBRecoveryTests {
         client.windowClosed(out: &o)
         #expect(o.isEmpty, "idempotent while persisting")
         var intervals: [Int] = []
-        for i in 0..<12 {
+        var now: UInt32 = 1000
+        for _ in 0..<5 {
             o = []
-            client.timerFired(now: UInt32(1000 * (i + 1)), unsent: 100, out: &o)
+            client.timerFired(now: now, unsent: 100, out: &o)
             let probe = segments(o).first
             #expect(probe?.sequence == client.sndUna - 1 && probe?.payloadLength == 0, "a probe the peer must answer")
             if case .armRetransmit(let ms)? = o.last { intervals.append(ms) }
             // The peer answers, still with a zero window: the count of unanswered probes resets.
             var a: [TCPAction] = []
-            client.segmentArrived(pureAck(client, ack: client.sndUna, window: 0), now: UInt32(1000 * (i + 1) + 1), out: &a)
+            client.segmentArrived(pureAck(client, ack: client.sndUna, window: 0), now: now + 1, out: &a)
+            now += 100_000
         }
         #expect(client.state == .established && client.probes == 0)
-        #expect(intervals.prefix(3) == [Int(client.rto) * 2, Int(client.rto) * 2, Int(client.rto) * 2],
-                "answered probes do not back off")
+        let rto = Int(client.rto)
+        #expect(intervals == [rto * 2, rto * 4, rto * 8, rto * 16, rto * 32],
+                "answered probes back off too: a peer that answers at once cannot keep us probing fast")
         // The window opens: sending resumes and persist mode ends.
         o = []
-        client.segmentArrived(pureAck(client, ack: client.sndUna, window: 100), now: 20_000, out: &o)
-        client.send(length: 100, now: 20_000, out: &o)
+        client.segmentArrived(pureAck(client, ack: client.sndUna, window: 100), now: now, out: &o)
+        client.send(length: 100, now: now, out: &o)
         #expect(!client.persisting && client.bytesInFlight == 100)
+        // A window that stays closed, every probe answered: given up after the persist limit.
+        var (stubborn, _) = connectedPair()
+        o = []
+        stubborn.segmentArrived(pureAck(stubborn, ack: stubborn.sndUna, window: 0), now: 2, out: &o)
+        stubborn.windowClosed(out: &o)
+        var t: UInt32 = 2, probes = 0
+        while stubborn.state != .closed && probes < 100 {
+            t += 60_000  // (the owner calls when the timer is due; the interval is at most 60 s)
+            o = []
+            stubborn.timerFired(now: t, unsent: 5, out: &o)
+            guard stubborn.state != .closed else { break }
+            probes += 1
+            var a: [TCPAction] = []
+            stubborn.segmentArrived(pureAck(stubborn, ack: stubborn.sndUna, window: 0), now: t + 1, out: &a)
+        }
+        #expect(stubborn.state == .closed && o.last == .closed(.timedOut))
+        #expect(probes == Int(TCB.maxPersistProbes), "\(probes) probes")
+        #expect(segments(o).first?.flags.contains(.rst) == true, "the peer is told with RST")
         // Unanswered probes do back off, and end the connection at the retry limit.
         var (lonely, _) = connectedPair()
         o = []
@@ -473,7 +495,7 @@ struct TCBRecoveryTests {
             if case .armRetransmit(let ms)? = o.last { backoff.append(ms) }
         }
         #expect(lonely.state == .closed && o.last == .closed(.timedOut))
-        #expect(backoff == backoff.sorted() && backoff.last! > backoff.first!)
+        #expect(backoff.count == Int(TCB.maxRetries) && backoff == backoff.sorted() && backoff.last! > backoff.first!)
     }
 
     @Test("keepalive probes an idle peer, an answer keeps it, silence ends it as timed out")

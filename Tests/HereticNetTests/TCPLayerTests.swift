@@ -15,14 +15,34 @@ struct TCPEcho: TCPHandler {
     }
 }
 
+/// Sends `bytes` as the connection's send buffer takes them: what it has not taken yet
+/// goes when the handler hears `writable`.
+struct Outbox {
+    let bytes: [UInt8]
+    var sent = 0
+    mutating func push(_ connection: inout TCPConnection) {
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { connection.send(UnsafeRawBufferPointer(rebasing: $0[sent...])) }
+            sent += n
+            if n == 0 { return }
+        }
+    }
+}
+
 /// Sends `message` once connected, collects what comes back, closes when it has it all.
 struct TCPClient: TCPHandler {
-    let message: [UInt8]
     let log: TCPLog
+    var outbox: Outbox
+    var message: [UInt8] { outbox.bytes }
+    init(message: [UInt8], log: TCPLog) {
+        self.log = log
+        outbox = Outbox(bytes: message)
+    }
     mutating func connected(_ connection: inout TCPConnection) {
         log.events.append("connected")
-        message.withUnsafeBytes { _ = connection.send($0) }
+        outbox.push(&connection)
     }
+    mutating func writable(_ connection: inout TCPConnection) { outbox.push(&connection) }
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
         log.received += data
         if log.received.count == message.count { connection.close() }
@@ -43,21 +63,29 @@ struct BulkPeer: TCPHandler {
     let log: TCPLog
     var checked = 0
     var mismatches = 0
+    var outbox: Outbox
 
-    func sendAll(_ connection: inout TCPConnection) {
-        let bytes = (0..<total).map(pattern)
-        bytes.withUnsafeBytes { _ = connection.send($0) }
+    init(total: Int, log: TCPLog) {
+        self.total = total
+        self.log = log
+        outbox = Outbox(bytes: (0..<total).map(pattern))
+    }
+
+    /// Sends what the send buffer takes; closes once everything went and everything came.
+    mutating func sendAll(_ connection: inout TCPConnection) {
+        outbox.push(&connection)
+        if checked == total && outbox.sent == total { connection.close() }
     }
     mutating func connected(_ connection: inout TCPConnection) { sendAll(&connection) }
+    mutating func writable(_ connection: inout TCPConnection) { sendAll(&connection) }
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
         for b in data {
             if b != pattern(checked) { mismatches += 1 }
             checked += 1
         }
-        log.received.append(contentsOf: [])  // counts live in `checked`
         if checked == total {
             log.events.append("received all \(total), mismatches \(mismatches)")
-            connection.close()
+            if outbox.sent == total { connection.close() }
         }
     }
     mutating func peerClosed(_ connection: inout TCPConnection) { log.events.append("peer closed") }
@@ -68,6 +96,7 @@ struct BulkPeer: TCPHandler {
 struct BulkServer: TCPHandler {
     var peer: BulkPeer
     mutating func connected(_ connection: inout TCPConnection) { peer.sendAll(&connection) }
+    mutating func writable(_ connection: inout TCPConnection) { peer.sendAll(&connection) }
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
         peer.received(data, &connection)
     }

@@ -96,8 +96,10 @@ int heretic_tcp_accept(int listen_fd);
 int heretic_tcp_peer(int fd, uint32_t *addr, uint16_t *port);
 int heretic_tcp_local(int fd, uint32_t *addr, uint16_t *port);
 int heretic_tcp_set_nodelay(int fd, int on);
-/// Keepalive after `seconds` idle, probes every min(seconds, 75) s, nine of them; 0 turns it off.
-int heretic_tcp_set_keepalive(int fd, int seconds);
+/// Keepalive after `idle` seconds without traffic, a probe every `interval` seconds, `count`
+/// unanswered ending the connection; idle 0 turns it off. (On a listening socket, the
+/// connections it accepts inherit the settings.)
+int heretic_tcp_set_keepalive(int fd, int idle, int interval, int count);
 /// Makes the next close send RST (SO_LINGER 0).
 int heretic_tcp_set_linger_zero(int fd);
 int heretic_tcp_shutdown_write(int fd);

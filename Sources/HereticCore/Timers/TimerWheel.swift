@@ -3,6 +3,15 @@
 public struct TimerHandle: Hashable, Sendable {
     @usableFromInline let index: UInt32
     @usableFromInline let generation: UInt32
+
+    @inlinable init(index: UInt32, generation: UInt32) {
+        self.index = index
+        self.generation = generation
+    }
+
+    /// No timer: cancelling it does nothing (for a stored handle that is not optional, and so
+    /// costs no tag byte).
+    public static let none = TimerHandle(index: .max, generation: 0)
 }
 
 /// A hierarchical timing wheel with one-tick resolution (the core uses one millisecond).

@@ -22,6 +22,19 @@ public struct InterfaceCounters: Equatable, Sendable {
     public var arpRepliesSent = 0
     /// Packets waiting for an ARP answer that were dropped: queue full or no answer.
     public var arpPendingDropped = 0
+    /// ARP that would have changed a known neighbour's MAC without our asking (poisoning?),
+    /// or claimed our own address: ignored.
+    public var arpConflicts = 0
+    /// Unsolicited neighbours not learned because the cache was full of live entries.
+    public var arpCacheFull = 0
+    /// Packets from a source address no peer may have (0/8, 127/8, multicast, class E,
+    /// broadcast, ours, our subnet's broadcast), and segments to or from port 0.
+    public var martianSources = 0
+    public var portZero = 0
+    /// ICMP destination-unreachable messages received (handed to TCP), and ICMP errors not
+    /// sent because of the rate limit.
+    public var icmpErrorsReceived = 0
+    public var icmpRateLimited = 0
     public var icmpEchoReplies = 0
     public var udpDelivered = 0
     public var udpNoListener = 0

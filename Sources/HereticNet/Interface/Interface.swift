@@ -6,8 +6,17 @@ public struct InterfaceConfiguration: Sendable {
     /// Where packets for other networks go; nil: only the local network is reachable.
     public var gateway: IPv4Address?
     public var arpLifetimeMilliseconds: UInt64 = 60_000
+    /// Neighbours the ARP cache holds at most (see `ARPCache` for what happens when full).
+    public var arpCacheLimit = 4096
+    /// Addresses being resolved at once, and packets each may hold meanwhile.
+    public var arpPendingAddresses = 256
     public var arpPendingPerAddress = 16
     public var arpMaxRequests = 3
+    /// ICMP errors (port unreachable) sent at most this many a second, in bursts of at
+    /// most `icmpErrorBurst` (Linux's icmp_msgs_per_sec and icmp_msgs_burst); beyond that
+    /// they are counted in `icmpRateLimited` and not sent.
+    public var icmpErrorsPerSecond = 1000
+    public var icmpErrorBurst = 50
     /// Frames taken from the device per poll.
     public var receiveBatch = 64
     /// Frames that may wait for room in the device's transmit queue; beyond them, new frames
@@ -45,6 +54,9 @@ public final class Interface {
     /// False when the device fills in transmit checksums (or its link needs none).
     @usableFromInline let fillChecksums: Bool
     let subnetMask: UInt32
+    /// The ICMP error token bucket: tokens now, and when it was last filled.
+    @exclusivity(unchecked) var icmpTokens: Double
+    @exclusivity(unchecked) var icmpRefilled: UInt64 = 0
     /// Created on first use: an interface that never speaks TCP carries none of it.
     @usableFromInline var tcpLayer: TCPLayer?
     /// The interface's TCP (created on first use).
@@ -59,9 +71,11 @@ public final class Interface {
         self.device = device
         self.pool = pool
         self.configuration = configuration
-        arp = ARPCache(lifetimeMilliseconds: configuration.arpLifetimeMilliseconds,
+        arp = ARPCache(lifetimeMilliseconds: configuration.arpLifetimeMilliseconds, limit: configuration.arpCacheLimit,
+                       pendingAddresses: configuration.arpPendingAddresses,
                        pendingPerAddress: configuration.arpPendingPerAddress,
                        maxRequests: configuration.arpMaxRequests)
+        icmpTokens = Double(configuration.icmpErrorBurst)
         verifyChecksums = !device.offloads.contains(.receiveChecksumsVerified)
         fillChecksums = !device.offloads.contains(.transmitChecksums)
         subnetMask = configuration.prefixLength == 0 ? 0 : ~UInt32(0) << UInt32(32 - configuration.prefixLength)
@@ -93,15 +107,15 @@ public final class Interface {
     /// `backlog` connections may be half-open (handshake not finished) at once; further SYNs
     /// are dropped and counted until some complete or time out.
     @inlinable
-    public func listenTCP<H: TCPHandler>(port: UInt16, backlog: Int = 4096,
+    public func listenTCP<H: TCPHandler>(port: UInt16, backlog: Int = 4096, keepalive: TCPKeepalive? = nil,
                                          _ makeHandler: @escaping () -> H) throws(NetError) {
-        try tcp.listen(port: port, backlog: backlog, makeHandler: makeHandler)
+        try tcp.listen(port: port, backlog: backlog, keepalive: keepalive, makeHandler: makeHandler)
     }
 
     /// Opens a TCP connection; `handler` hears of it. Returns the local port chosen.
     @inlinable @discardableResult
     public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, _ handler: H) -> UInt16 {
-        tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
+        tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds, handler: handler).port
     }
 
     /// Live TCP connections (any state but closed).
@@ -187,12 +201,21 @@ public final class Interface {
             counters.arpErrors += 1
             return
         }
-        // RFC 826: refresh the sender if known or if the packet is for us, then answer requests.
-        let forUs = a.targetIP == address
-        if forUs || arp.entries[a.senderIP] != nil, !a.senderIP.isUnspecified {
-            for p in arp.learn(a.senderIP, a.senderMAC, now: now) { transmitResolved(p, a.senderMAC) }
+        let forUs = a.targetIP == address, sender = a.senderIP
+        if sender == address {
+            counters.arpConflicts += 1  // someone else claims our address: never learned
+        } else if !sender.isUnspecified, !a.senderMAC.isMulticast, !isMartian(sender), onLink(sender) {
+            // RFC 826's merge, bounded and guarded against poisoning (see `ARPCache`).
+            let (result, released) = arp.learn(sender, a.senderMAC, answersUs: arp.waiting[sender] != nil,
+                                               asksUs: forUs && a.operation == .request, now: now)
+            switch result {
+            case .conflict: counters.arpConflicts += 1
+            case .full: counters.arpCacheFull += 1
+            case .added, .refreshed, .ignored: break
+            }
+            for p in released { transmitResolved(p, a.senderMAC) }
         }
-        if forUs && a.operation == .request {
+        if forUs && a.operation == .request && !a.senderMAC.isMulticast {
             guard let reply = pool.allocate(length: 42) else { counters.noBuffers += 1; return }
             let b = pool.bytes(reply)
             EthernetFrame.emit(into: b, destination: a.senderMAC, source: mac, etherType: EtherType.arp)
@@ -203,6 +226,20 @@ public final class Interface {
         }
     }
 
+    /// Whether `a` may not be the source of a packet from the wire (RFC 1812 5.3.7, as
+    /// Linux's martian check): this network (0/8), loopback (127/8), multicast, the
+    /// reserved class E and the broadcast address, our own address, and our subnet's
+    /// broadcast address.
+    @inline(__always) func isMartian(_ a: IPv4Address) -> Bool {
+        let r = a.raw, top = r >> 24
+        if top == 0 || top == 127 || r >> 28 >= 0xE || r == address.raw { return true }
+        // The subnet's broadcast address (where the subnet has one: /31 and /32 do not).
+        return subnetMask < 0xFFFF_FFFE && r | subnetMask == 0xFFFF_FFFF && r & subnetMask == address.raw & subnetMask
+    }
+
+    /// Whether `a` is on this interface's subnet.
+    @inline(__always) func onLink(_ a: IPv4Address) -> Bool { a.raw & subnetMask == address.raw & subnetMask }
+
     func handleIPv4(_ frame: Packet, _ eth: EthernetFrame) {
         let ip: IPv4Packet
         do { ip = try IPv4Packet(eth.payload, length: eth.payloadLength, verifyChecksum: verifyChecksums) } catch {
@@ -211,6 +248,7 @@ public final class Interface {
         }
         let dst = ip.destination
         guard dst == address || dst.isBroadcast else { counters.ipNotForUs += 1; return pool.release(frame) }
+        guard !isMartian(ip.source) else { counters.martianSources += 1; return pool.release(frame) }
         if ip.isFragment { counters.fragmentsDropped += 1; return pool.release(frame) }
         switch ip.proto {
         case IPProtocol.udp: handleUDP(frame, ip)
@@ -228,8 +266,22 @@ public final class Interface {
             count(error, layer: \.icmpErrors)
             return pool.release(frame)
         }
+        if m.type == ICMPv4Message.destinationUnreachable, ip.destination == address {
+            // About a segment of ours: its IPv4 header and at least 8 bytes follow. Parsed
+            // without its checksum (routers may have changed the quoted header's TTL).
+            defer { pool.release(frame) }
+            counters.icmpErrorsReceived += 1
+            guard m.dataLength >= IPv4Packet.minimumHeaderLength + 8,
+                  let quoted = try? IPv4Packet(quoting: m.data, length: m.dataLength) else {
+                counters.icmpErrors += 1
+                return
+            }
+            tcpLayer?.destinationUnreachable(code: m.code, nextHopMTU: Int(m.nextHopMTU), quoted: quoted,
+                                             quotedLength: m.dataLength)
+            return
+        }
         guard m.type == ICMPv4Message.echoRequest, m.code == 0, ip.destination == address else {
-            return pool.release(frame)  // replies and errors: nothing waits for them yet
+            return pool.release(frame)  // replies and other messages: nothing waits for them
         }
         // Answer in place: same buffer, addresses swapped, type 0, fresh checksums.
         let source = ip.source
@@ -264,9 +316,10 @@ public final class Interface {
             count(error, layer: \.udpErrors)
             return
         }
+        guard u.destinationPort != 0 else { counters.portZero += 1; return }
         guard !udp.isEmpty, let binding = udp[Int(u.destinationPort)] else {
             counters.udpNoListener += 1
-            if ip.destination == address { sendPortUnreachable(ip) }
+            if ip.destination == address && u.sourcePort != 0 { sendPortUnreachable(ip) }
             return
         }
         counters.udpDelivered += 1
@@ -286,11 +339,13 @@ public final class Interface {
             return
         }
         guard ip.destination == address else { counters.ipNotForUs += 1; return }
+        guard t.sourcePort != 0, t.destinationPort != 0 else { counters.portZero += 1; return }
         tcp.segmentArrived(t, source: ip.source)
     }
 
     /// RFC 1122: destination unreachable quoting the IP header and 8 bytes of the datagram.
     func sendPortUnreachable(_ ip: IPv4Packet) {
+        guard mayReportError() else { counters.icmpRateLimited += 1; return }
         let quoted = min(ip.totalLength, ip.headerLength + 8)
         let total = ICMPv4Message.headerLength + quoted
         guard var p = pool.allocate(length: total) else { counters.noBuffers += 1; return }
@@ -301,6 +356,19 @@ public final class Interface {
         p.length = UInt16(total)
         counters.icmpUnreachableSent += 1
         sendIPv4(p, to: ip.source, protocol: IPProtocol.icmp)
+    }
+
+    /// Takes a token from the ICMP error bucket (refilled at `icmpErrorsPerSecond`, holding
+    /// at most `icmpErrorBurst`); false when it is empty.
+    func mayReportError() -> Bool {
+        let c = configuration
+        if now > icmpRefilled {
+            icmpTokens = min(Double(c.icmpErrorBurst), icmpTokens + Double(now - icmpRefilled) * Double(c.icmpErrorsPerSecond) / 1000)
+            icmpRefilled = now
+        }
+        guard icmpTokens >= 1 else { return false }
+        icmpTokens -= 1
+        return true
     }
 
     func count(_ error: WireError, layer: WritableKeyPath<InterfaceCounters, Int>) {
@@ -329,6 +397,11 @@ public final class Interface {
             return transmitResolved(packet, .broadcast)
         }
         if let m = arp.lookup(hop, now: now) { return transmitResolved(packet, m) }
+        if arp.waiting[hop] == nil && arp.waiting.count >= arp.pendingAddresses {
+            // Too many addresses being resolved at once (a flood of spoofed neighbours?).
+            counters.arpPendingDropped += 1
+            return pool.release(packet)
+        }
         var w = arp.waiting[hop] ?? ARPCache.Waiting(packets: [], requestsSent: 0, nextRequest: now)
         if w.packets.count >= arp.pendingPerAddress {
             counters.arpPendingDropped += 1

@@ -86,7 +86,7 @@ public final class KernelNetwork: CorePoller {
     /// Send buffers of the usual size kept for reuse.
     @usableFromInline var spareBuffers: [UnsafeMutableRawPointer] = []
     @usableFromInline static let sendBufferSize = 16_384
-    @usableFromInline static let spareLimit = 1024
+    @usableFromInline static let spareLimit = 256
     var wakeArmed = false
     var wakeFD: Int32 = -1
     /// Nesting depth of handler callbacks: closes requested inside one wait until it returns.
@@ -97,8 +97,29 @@ public final class KernelNetwork: CorePoller {
     public private(set) var connected = 0
     public private(set) var closedNormally = 0
     public private(set) var failures = 0
-    /// Accepts that failed (descriptor limits, memory), re-armed after.
+    /// Accepts that failed. Those for want of descriptors or memory (EMFILE, ENFILE,
+    /// ENOBUFS, ENOMEM) are also counted apart: the listener then pauses, 10 ms at first,
+    /// doubling to 1 s while it goes on failing, and live connections are served meanwhile
+    /// (instead of the loop spinning on a listener the kernel keeps reporting ready).
     public private(set) var acceptErrors = 0
+    public private(set) var acceptResourceErrors = 0
+    /// io_uring submissions that found no room (the kernel not taking more) and were retried
+    /// on a later turn.
+    public private(set) var submissionRetries = 0
+    var resubmissions: [Resubmission] = []
+    /// The most a connection's send queue holds (unless set per connection); a send beyond
+    /// it takes what fits and `writable` follows. The queue holds only what the kernel's
+    /// socket buffer did not take.
+    public var sendBufferSize = 256 << 10
+    /// Sends that took less than asked (the connection's buffer or the process-wide cap).
+    public private(set) var sendBufferFull = 0
+    @usableFromInline var sendCredit: SendCredit
+    /// Sends refused by the process-wide cap on send memory (`SendMemory`).
+    public var sendCapRefusals: Int { sendCredit.refusals }
+    /// Bytes this engine's send queues and spare buffers hold.
+    public var sendBufferBytes: Int { sendCredit.held }
+    /// Connections refused by the cap, told `writable` once memory is back under it.
+    var capWaiters: [UInt64] = []
     /// io_uring receive rearms after the buffer ring ran dry.
     public private(set) var receiveBufferStarvation = 0
     public internal(set) var bytesSent = 0
@@ -117,9 +138,10 @@ public final class KernelNetwork: CorePoller {
     /// every receive took the next of 2,048 buffers in turn.
     public init(core: Core, backend requested: KernelBackend? = nil, ringEntries: Int = 4096,
                 receiveBuffers: Int = 2048, receiveBufferSize: Int = 65_536,
-                receiveBuffersInRing: Int = 16) throws(NetError) {
+                receiveBuffersInRing: Int = 16, sendMemory: SendMemory = .shared) throws(NetError) {
         precondition(core.isCurrent, "Heretic: make a KernelNetwork on its own core")
         self.core = core
+        sendCredit = SendCredit(sendMemory)
         self.receiveBuffers = receiveBuffers
         self.receiveBufferSize = receiveBufferSize
         scratch = .allocate(byteCount: Self.scratchSize, alignment: 64)
@@ -181,8 +203,10 @@ public final class KernelNetwork: CorePoller {
     deinit {
         for i in slots.indices where slots[i].fd >= 0 { heretic_close(slots[i].fd) }
         for l in listeners where l.fd >= 0 { heretic_close(l.fd) }
-        for i in slots.indices { slots[i].out.release(spare: &spareBuffers) }
+        for i in slots.indices { slots[i].out.release(spare: &spareBuffers, credit: &sendCredit) }
         for b in spareBuffers { b.deallocate() }
+        sendCredit.refund(spareBuffers.count * Self.sendBufferSize)
+        sendCredit.close()
         if let ring { heretic_ring_close(ring) }
         if epollFD >= 0 { heretic_close(epollFD) }
         scratch.deallocate()
@@ -200,9 +224,10 @@ public final class KernelNetwork: CorePoller {
     /// Returns the port bound (the kernel's choice for port 0).
     @discardableResult
     public func listenTCP<H: TCPHandler>(port: UInt16, address: IPv4Address = .any, backlog: Int = 4096,
+                                         keepalive: TCPKeepalive? = nil,
                                          _ makeHandler: @escaping () -> H) throws(NetError) -> UInt16 {
         let arena = KernelArena<H>(makeHandler: makeHandler)
-        return try addListener(port: port, address: address, backlog: backlog, arena: arena)
+        return try addListener(port: port, address: address, backlog: backlog, keepalive: keepalive, arena: arena)
     }
 
     /// Opens a connection to `remote`; `handler` hears of it (`connected`, or `closed` with
@@ -231,7 +256,8 @@ public final class KernelNetwork: CorePoller {
             if let ring {
                 // The multishot accept holds the socket open: cancel it (done when the
                 // submission returns), then close.
-                _ = heretic_ring_cancel_fd(ring, fd, KernelOp.cancel.userData(slot: UInt32.max, generation: 0))
+                submit(heretic_ring_cancel_fd(ring, fd, KernelOp.cancel.userData(slot: UInt32.max, generation: 0)),
+                       Resubmission(op: .cancel, slot: .max, generation: 0, fd: fd))
                 _ = heretic_ring_enter(ring, -1, 0)
             }
             heretic_close(fd)
@@ -244,11 +270,16 @@ public final class KernelNetwork: CorePoller {
         arenas.append(arena)
     }
 
-    func addListener(port: UInt16, address: IPv4Address, backlog: Int, arena: AnyKernelArena) throws(NetError) -> UInt16 {
+    func addListener(port: UInt16, address: IPv4Address, backlog: Int, keepalive: TCPKeepalive? = nil,
+                     arena: AnyKernelArena) throws(NetError) -> UInt16 {
         let fd = heretic_tcp_listen(address.raw, port, Int32(clamping: backlog), 1, backend == .epoll ? 1 : 0)
         guard fd >= 0 else {
             if -fd == EADDRINUSE { throw .addressInUse(port) }
             throw .device("listen on \(address):\(port): \(String(cString: heretic_strerror(-fd)))")
+        }
+        if let k = keepalive {
+            // Set on the listening socket: Linux's accepted sockets inherit it.
+            _ = heretic_tcp_set_keepalive(fd, Int32(k.idle), Int32(k.interval), Int32(k.count))
         }
         var a: UInt32 = 0, p: UInt16 = 0
         _ = heretic_tcp_local(fd, &a, &p)
@@ -264,8 +295,82 @@ public final class KernelNetwork: CorePoller {
     }
 
     func armAccept(_ index: UInt32) {
-        guard let ring, listeners[Int(index)].fd >= 0 else { return }
-        _ = heretic_ring_accept_multishot(ring, listeners[Int(index)].fd, KernelOp.accept.userData(slot: index, generation: 0))
+        guard let ring, listeners[Int(index)].fd >= 0, !listeners[Int(index)].paused else { return }
+        submit(heretic_ring_accept_multishot(ring, listeners[Int(index)].fd, KernelOp.accept.userData(slot: index, generation: 0)),
+               Resubmission(op: .accept, slot: index, generation: 0, fd: -1))
+    }
+
+    /// Accepting failed for want of descriptors or memory: stop accepting on the listener
+    /// for a while (doubling while it goes on), so the loop serves live connections instead
+    /// of spinning on a listener that stays ready.
+    func pauseAccepting(_ index: UInt32) {
+        acceptResourceErrors += 1
+        let i = Int(index)
+        guard listeners[i].fd >= 0, !listeners[i].paused else { return }
+        listeners[i].paused = true
+        listeners[i].backoff = min(1000, max(10, listeners[i].backoff * 2))
+        if backend == .epoll { _ = heretic_epoll_ctl(epollFD, 3, listeners[i].fd, 0, 0) }
+        _ = timers.arm(at: core.nowMilliseconds &+ listeners[i].backoff, payload: KernelOp.acceptResume.userData(slot: index, generation: 0))
+    }
+
+    func resumeAccepting(_ index: UInt32) {
+        let i = Int(index)
+        guard listeners[i].paused else { return }
+        listeners[i].paused = false
+        guard listeners[i].fd >= 0 else { return }
+        if backend == .uring {
+            armAccept(index)
+        } else {
+            _ = heretic_epoll_ctl(epollFD, 1, listeners[i].fd, HERETIC_EPOLLIN, KernelOp.accept.userData(slot: index, generation: 0))
+        }
+    }
+
+    /// Whether an accept failed for want of descriptors or memory (rather than because of
+    /// the one connection).
+    static func isResourceError(_ e: Int32) -> Bool { e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM }
+
+    // MARK: Submissions that found the ring full
+
+    /// Notes a submission's result: one the ring had no room for is retried next turn.
+    @inline(__always) func submit(_ rc: Int32, _ retry: Resubmission) {
+        guard rc < 0 else { return }
+        submissionRetries += 1
+        resubmissions.append(retry)
+    }
+
+    /// Submits again what found the ring full (after a reap has made room).
+    func resubmit() {
+        guard !resubmissions.isEmpty, let ring else { return }
+        let work = resubmissions
+        resubmissions.removeAll()
+        for r in work {
+            let live = Int(r.slot) < slots.count && slots[Int(r.slot)].generation == r.generation
+            switch r.op {
+            case .accept:
+                if Int(r.slot) < listeners.count { armAccept(r.slot) }
+            case .recv:
+                if live { armReceive(r.slot) }
+            case .send:
+                if live { submitSend(r.slot) }
+            case .connect:
+                guard live else { continue }
+                let p = slots.pointer(Int(r.slot))
+                guard !p.pointee.has(.tearingDown) else { release(r.slot); continue }
+                let rc = heretic_ring_connect(ring, p.pointee.fd, p.pointee.remoteAddress, p.pointee.remotePort,
+                                              KernelOp.connect.userData(slot: r.slot, generation: r.generation))
+                if rc >= 0 { p.pointee.set(.connectInFlight) } else { submit(rc, r) }
+            case .cancel:
+                if r.slot == .max {
+                    submit(heretic_ring_cancel_fd(ring, r.fd, KernelOp.cancel.userData(slot: .max, generation: 0)), r)
+                } else if live {
+                    let p = slots.pointer(Int(r.slot))
+                    let rc = heretic_ring_cancel_fd(ring, p.pointee.fd, KernelOp.cancel.userData(slot: r.slot, generation: r.generation))
+                    if rc >= 0 { p.pointee.set(.cancelInFlight) } else { submit(rc, r) }
+                }
+            default:
+                break
+            }
+        }
     }
 
     // MARK: Slots
@@ -320,8 +425,9 @@ public final class KernelNetwork: CorePoller {
             _ = timers.arm(at: core.nowMilliseconds &+ UInt64(max(1, ms)), payload: KernelOp.connectTimeout.userData(slot: slot, generation: gen))
         }
         if let ring {
-            _ = heretic_ring_connect(ring, fd, remote.address.raw, remote.port, KernelOp.connect.userData(slot: slot, generation: gen))
-            slots[Int(slot)].set(.connectInFlight)
+            let rc = heretic_ring_connect(ring, fd, remote.address.raw, remote.port, KernelOp.connect.userData(slot: slot, generation: gen))
+            if rc >= 0 { slots[Int(slot)].set(.connectInFlight) }
+            submit(rc, Resubmission(op: .connect, slot: slot, generation: gen, fd: fd))
         } else {
             let rc = heretic_tcp_connect(fd, remote.address.raw, remote.port)
             if rc == 0 || rc == -EINPROGRESS {
@@ -336,43 +442,67 @@ public final class KernelNetwork: CorePoller {
 
     // MARK: Sending
 
-    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard let slot = live(ref) else { return false }
+    /// Sends what the kernel takes at once and queues the rest, as much as the connection's
+    /// send buffer (and the process-wide cap) allow. Returns the bytes taken; fewer than
+    /// given means `writable` follows once the queue has room.
+    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
+        guard let slot = live(ref) else { return 0 }
         let p = slots.pointer(Int(slot))
-        if p.pointee.has(.closeRequested) { return false }
+        if p.pointee.has(.closeRequested) { return 0 }
         let n = bytes.count
-        guard n > 0 else { return true }
-        bytesSent &+= n
-        if ring == nil || (directSends && !busyTurn) {
-            // epoll: write at once when nothing is queued; keep what the kernel cannot take.
-            var offset = 0
-            if p.pointee.out.isEmpty && !p.pointee.has(.connecting) {
-                let w = heretic_sock_send(p.pointee.fd, bytes.baseAddress, n)
-                if w == n { return true }
-                if w > 0 { offset = w }
-                else if w != -Int(EAGAIN) {
-                    // The connection failed: the error event reports it; nothing more goes out.
-                    return true
-                }
+        guard n > 0 else { return 0 }
+        var offset = 0
+        if (ring == nil || (directSends && !busyTurn)) && p.pointee.out.isEmpty && !p.pointee.has(.connecting) {
+            // Nothing queued: write at once (epoll always; io_uring while the turn is quiet),
+            // and queue only what the kernel's socket buffer cannot take.
+            let w = heretic_sock_send(p.pointee.fd, bytes.baseAddress, n)
+            if w == n {
+                bytesSent &+= n
+                return n
             }
-            if ring == nil || offset > 0 || p.pointee.has(.connecting) || !p.pointee.out.isEmpty || p.pointee.has(.sendInFlight) {
-                p.pointee.out.append(UnsafeRawBufferPointer(rebasing: bytes[offset...]), spare: &spareBuffers)
-                if p.pointee.out.queued >= TCPLayer.writableThreshold { p.pointee.set(.wantWritable) }
-                if ring == nil { return true }
-                if !p.pointee.has(.flushQueued) && !p.pointee.has(.sendInFlight) && !p.pointee.has(.connecting) {
-                    p.pointee.set(.flushQueued)
-                    flushList.append(slot)
-                }
-                return true
+            if w > 0 {
+                offset = w
+            } else if w != -Int(EAGAIN) {
+                // The connection failed: the error event reports it; nothing more goes out.
+                return n
             }
         }
-        p.pointee.out.append(bytes, spare: &spareBuffers)
-        if !p.pointee.has(.flushQueued) && !p.pointee.has(.sendInFlight) && !p.pointee.has(.connecting) {
+        // What the queue takes: the connection's buffer, then the memory cap.
+        let limit = p.pointee.sendLimitKiB == 0 ? sendBufferSize : Int(p.pointee.sendLimitKiB) << 10
+        var take = min(n - offset, max(0, limit - p.pointee.out.queued))
+        if take > 0 {
+            let growth = p.pointee.out.growth(appending: take, spareAvailable: !spareBuffers.isEmpty)
+            if growth > 0 && !sendCredit.charge(growth) {
+                take = min(take, p.pointee.out.roomWithoutGrowth)
+                if !p.pointee.has(.capWaiting) {
+                    p.pointee.set(.capWaiting)
+                    capWaiters.append(ref)
+                }
+            }
+        }
+        if take > 0 { p.pointee.out.append(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + take)]), spare: &spareBuffers) }
+        let taken = offset + take
+        bytesSent &+= taken
+        if taken < n {
+            p.pointee.set(.wantWritable)
+            sendBufferFull += 1
+        }
+        if p.pointee.out.queued >= Self.writableMark(limit) { p.pointee.set(.wantWritable) }
+        if ring != nil && !p.pointee.out.isEmpty && !p.pointee.has(.flushQueued) && !p.pointee.has(.sendInFlight)
+            && !p.pointee.has(.connecting) {
             p.pointee.set(.flushQueued)
             flushList.append(slot)
         }
-        if p.pointee.out.queued >= TCPLayer.writableThreshold { p.pointee.set(.wantWritable) }
-        return true
+        return taken
+    }
+
+    /// The queue drained below this tells a held-back handler `writable`: half its limit,
+    /// at most `TCPLayer.writableThreshold`.
+    @inlinable static func writableMark(_ limit: Int) -> Int { min(TCPLayer.writableThreshold, limit / 2) }
+
+    @usableFromInline func sendLimit(_ slot: UInt32) -> Int {
+        let kib = slots[Int(slot)].sendLimitKiB
+        return kib == 0 ? sendBufferSize : Int(kib) << 10
     }
 
     /// io_uring: submits the pending bytes of `slot` as one send.
@@ -381,8 +511,9 @@ public final class KernelNetwork: CorePoller {
         p.pointee.clear(.flushQueued)
         guard let ring, !p.pointee.has(.sendInFlight), !p.pointee.has(.tearingDown), p.pointee.out.promote() else { return }
         let (base, length) = p.pointee.out.unsent
-        _ = heretic_ring_send(ring, p.pointee.fd, base, UInt32(length), KernelOp.send.userData(slot: slot, generation: p.pointee.generation))
-        p.pointee.set(.sendInFlight)
+        let rc = heretic_ring_send(ring, p.pointee.fd, base, UInt32(length), KernelOp.send.userData(slot: slot, generation: p.pointee.generation))
+        if rc >= 0 { p.pointee.set(.sendInFlight) }
+        submit(rc, Resubmission(op: .send, slot: slot, generation: p.pointee.generation, fd: -1))
     }
 
     func flushSends() {
@@ -403,7 +534,7 @@ public final class KernelNetwork: CorePoller {
             sendFIN(slot)
             return
         }
-        if p.pointee.has(.wantWritable) && p.pointee.out.queued < TCPLayer.writableThreshold {
+        if p.pointee.has(.wantWritable) && !p.pointee.has(.capWaiting) && p.pointee.out.queued < Self.writableMark(sendLimit(slot)) {
             p.pointee.clear(.wantWritable)
             callback(slot) { a, h, c in a.writable(h, &c) }
         }
@@ -472,10 +603,13 @@ public final class KernelNetwork: CorePoller {
         p.pointee.set(.tearingDown)
         if p.pointee.has(.abortive) && p.pointee.fd >= 0 { _ = heretic_tcp_set_linger_zero(p.pointee.fd) }
         if let ring, p.pointee.fd >= 0, p.pointee.has(.recvArmed) || p.pointee.has(.sendInFlight) || p.pointee.has(.connectInFlight) {
-            _ = heretic_ring_cancel_fd(ring, p.pointee.fd, KernelOp.cancel.userData(slot: slot, generation: p.pointee.generation))
-            p.pointee.set(.cancelInFlight)
+            let rc = heretic_ring_cancel_fd(ring, p.pointee.fd, KernelOp.cancel.userData(slot: slot, generation: p.pointee.generation))
+            if rc >= 0 { p.pointee.set(.cancelInFlight) }
+            submit(rc, Resubmission(op: .cancel, slot: slot, generation: p.pointee.generation, fd: -1))
             return
         }
+        // A connect whose submission still waits for room holds nothing of the kernel's.
+        resubmissions.removeAll { $0.slot == slot && $0.generation == p.pointee.generation }
         release(slot)
     }
 
@@ -487,7 +621,7 @@ public final class KernelNetwork: CorePoller {
         p.pointee.set(.released)
         if p.pointee.fd >= 0 { heretic_close(p.pointee.fd) }
         p.pointee.fd = -1
-        p.pointee.out.release(spare: &spareBuffers)
+        p.pointee.out.release(spare: &spareBuffers, credit: &sendCredit)
         freeSlots.append(slot)
     }
 
@@ -507,14 +641,30 @@ public final class KernelNetwork: CorePoller {
         return slots[Int(slot)].out.queued
     }
 
+    @usableFromInline func canSend(_ ref: UInt64) -> Bool {
+        guard let slot = live(ref) else { return false }
+        return !slots[Int(slot)].has(.closeRequested) && !slots[Int(slot)].has(.finSent)
+    }
+
+    @usableFromInline func isHeldBack(_ ref: UInt64) -> Bool {
+        guard let slot = live(ref) else { return false }
+        return slots[Int(slot)].has(.wantWritable)
+    }
+
     @usableFromInline func setNoDelay(_ ref: UInt64, _ on: Bool) {
         guard let slot = live(ref), slots[Int(slot)].fd >= 0 else { return }
         _ = heretic_tcp_set_nodelay(slots[Int(slot)].fd, on ? 1 : 0)
     }
 
-    @usableFromInline func setKeepalive(_ ref: UInt64, _ seconds: Int) {
+    @usableFromInline func setKeepalive(_ ref: UInt64, _ keepalive: TCPKeepalive?) {
         guard let slot = live(ref), slots[Int(slot)].fd >= 0 else { return }
-        _ = heretic_tcp_set_keepalive(slots[Int(slot)].fd, Int32(clamping: max(0, seconds)))
+        _ = heretic_tcp_set_keepalive(slots[Int(slot)].fd, Int32(keepalive?.idle ?? 0), Int32(keepalive?.interval ?? 0),
+                                      Int32(keepalive?.count ?? 0))
+    }
+
+    @usableFromInline func setSendBufferSize(_ ref: UInt64, _ bytes: Int) {
+        guard let slot = live(ref) else { return }
+        slots[Int(slot)].sendLimitKiB = UInt16(bytes <= 0 ? 0 : max(1, min(Int(UInt16.max), (bytes + 1023) >> 10)))
     }
 
     @usableFromInline func setIdleTimeout(_ ref: UInt64, _ seconds: Int) {
@@ -561,8 +711,10 @@ public final class KernelNetwork: CorePoller {
             expired.removeAll(keepingCapacity: true)
             runFinishing()
         }
+        if !capWaiters.isEmpty && sendCredit.memory.belowResumeMark { wakeCapWaiters() }
         if let ring {
             work += reapRing(ring)
+            resubmit()
             flushSends()
             if heretic_ring_pending(ring) > 0 || heretic_ring_needs_enter(ring) != 0 {
                 _ = heretic_ring_enter(ring, -1, 0)
@@ -588,11 +740,24 @@ public final class KernelNetwork: CorePoller {
 
     public var canSleep: Bool { true }
 
+    /// Tells connections the cap refused that memory is back under it.
+    func wakeCapWaiters() {
+        let waiting = capWaiters
+        capWaiters.removeAll()
+        for ref in waiting {
+            guard let slot = live(ref) else { continue }
+            slots[Int(slot)].clear(.capWaiting)
+            slots[Int(slot)].clear(.wantWritable)
+            callback(slot) { a, h, c in a.writable(h, &c) }
+        }
+        runFinishing()
+    }
+
     /// Sleeps in io_uring or epoll until IO completes, `wakeFD` (the core's) is signalled, or
     /// the earlier of `timeoutNanoseconds` and this engine's next timer passes.
     public func sleep(_ core: Core, wakeFD: Int32, timeoutNanoseconds: Int64) -> Bool {
         defer { trimSlots() }
-        if !readAgain.isEmpty || !flushList.isEmpty || !finishing.isEmpty { return true }
+        if !readAgain.isEmpty || !flushList.isEmpty || !finishing.isEmpty || !resubmissions.isEmpty { return true }
         var timeout = timeoutNanoseconds
         if timers.count > 0, let next = timers.nextEventTick() {
             let now = core.nowMilliseconds
@@ -604,7 +769,11 @@ public final class KernelNetwork: CorePoller {
             if !wakeArmed || self.wakeFD != wakeFD {
                 self.wakeFD = wakeFD
                 wakeArmed = true
-                _ = heretic_ring_poll_multishot(ring, wakeFD, KernelOp.wake.userData(slot: 0, generation: 0))
+                if heretic_ring_poll_multishot(ring, wakeFD, KernelOp.wake.userData(slot: 0, generation: 0)) < 0 {
+                    wakeArmed = false  // no room: tried again next time
+                    submissionRetries += 1
+                    return true
+                }
             }
             _ = heretic_ring_enter(ring, timeout, 1)
         } else {
@@ -623,6 +792,10 @@ public final class KernelNetwork: CorePoller {
 
     func timerFired(_ payload: UInt64) {
         let (op, slot, gen) = KernelOp.decode(payload)
+        if op == .acceptResume {
+            if Int(slot) < listeners.count { resumeAccepting(slot) }
+            return
+        }
         guard Int(slot) < slots.count, slots[Int(slot)].generation == gen, slots[Int(slot)].has(.open) else { return }
         let p = slots.pointer(Int(slot))
         switch op {
@@ -678,8 +851,24 @@ public final class KernelNetwork: CorePoller {
         let more = c.flags & HERETIC_CQE_F_MORE != 0
         switch op {
         case .accept:
-            if !more { armAccept(slot) }
-            if c.res >= 0 { accepted(fd: c.res, listener: slot) } else if c.res != -ECANCELED { acceptErrors += 1 }
+            guard Int(slot) < listeners.count else { return }
+            if c.res >= 0 {
+                listeners[Int(slot)].backoff = 0
+                if !more { armAccept(slot) }
+                accepted(fd: c.res, listener: slot)
+            } else if c.res != -ECANCELED {
+                acceptErrors += 1
+                if Self.isResourceError(-c.res) {
+                    // Out of descriptors or memory: pause (and end the multishot if it goes on).
+                    if more, let ring, listeners[Int(slot)].fd >= 0 {
+                        submit(heretic_ring_cancel_fd(ring, listeners[Int(slot)].fd, KernelOp.cancel.userData(slot: .max, generation: 0)),
+                               Resubmission(op: .cancel, slot: .max, generation: 0, fd: listeners[Int(slot)].fd))
+                    }
+                    pauseAccepting(slot)
+                } else if !more {
+                    armAccept(slot)
+                }
+            }
         case .recv:
             received(c, slot: slot, generation: gen, more: more)
         case .send:
@@ -695,7 +884,7 @@ public final class KernelNetwork: CorePoller {
         case .wake:
             heretic_eventfd_drain(wakeFD)
             if !more { wakeArmed = false }
-        case .io, .connectTimeout, .idleTimeout:
+        case .io, .connectTimeout, .idleTimeout, .acceptResume:
             break
         }
     }
@@ -738,11 +927,12 @@ public final class KernelNetwork: CorePoller {
         let p = slots.pointer(Int(slot))
         guard let ring, !p.pointee.has(.recvArmed), !p.pointee.has(.peerFinished), !p.pointee.has(.readPaused),
               !p.pointee.has(.tearingDown), p.pointee.has(.open) else { return }
-        p.pointee.set(.recvArmed)
         // Multishot unless the application limits what it takes (a `TCPSocket`): then one
         // buffer at a time, so no more than the window plus one buffer is ever delivered.
-        _ = heretic_ring_recv(ring, p.pointee.fd, Self.bufferGroup, p.pointee.has(.windowed) ? 0 : 1,
-                              KernelOp.recv.userData(slot: slot, generation: p.pointee.generation))
+        let rc = heretic_ring_recv(ring, p.pointee.fd, Self.bufferGroup, p.pointee.has(.windowed) ? 0 : 1,
+                                   KernelOp.recv.userData(slot: slot, generation: p.pointee.generation))
+        if rc >= 0 { p.pointee.set(.recvArmed) }
+        submit(rc, Resubmission(op: .recv, slot: slot, generation: p.pointee.generation, fd: -1))
     }
 
     func received(_ c: heretic_completion, slot: UInt32, generation: UInt32, more: Bool) {
@@ -794,7 +984,7 @@ public final class KernelNetwork: CorePoller {
             return
         }
         if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
-        if p.pointee.out.consume(Int(res), spare: &spareBuffers) {
+        if p.pointee.out.consume(Int(res), spare: &spareBuffers, credit: &sendCredit) {
             // Part went out (the socket's buffer filled): send the rest.
             submitSend(slot)
         } else if !p.pointee.out.isEmpty {
@@ -860,11 +1050,19 @@ public final class KernelNetwork: CorePoller {
         for _ in 0..<256 {
             let c = heretic_tcp_accept(fd)
             if c >= 0 {
+                listeners[Int(listener)].backoff = 0
                 accepted(fd: c, listener: listener)
                 runFinishing()
                 continue
             }
-            if c != -EAGAIN { acceptErrors += 1 }
+            if c != -EAGAIN {
+                acceptErrors += 1
+                if Self.isResourceError(-c) {
+                    pauseAccepting(listener)
+                    return
+                }
+                continue  // that connection's own failure (ECONNABORTED, ...): the next may do
+            }
             return
         }
         // More wait: edge-triggered is off for listeners, so the next wait reports them.
@@ -907,7 +1105,7 @@ public final class KernelNetwork: CorePoller {
             let (base, length) = p.pointee.out.unsent
             let w = heretic_sock_send(p.pointee.fd, base, length)
             if w > 0 {
-                _ = p.pointee.out.consume(w, spare: &spareBuffers)
+                _ = p.pointee.out.consume(w, spare: &spareBuffers, credit: &sendCredit)
                 continue
             }
             if w != -Int(EAGAIN) { finishSoon(slot, Self.reason(forError: Int32(-w))) }
@@ -946,13 +1144,31 @@ struct KernelListenerState {
     var fd: Int32
     let port: UInt16
     let arena: AnyKernelArena
+    /// Accepting paused after running out of descriptors or memory, and for how long (ms).
+    var paused = false
+    var backoff: UInt64 = 0
+
+    init(fd: Int32, port: UInt16, arena: AnyKernelArena) {
+        self.fd = fd
+        self.port = port
+        self.arena = arena
+    }
+}
+
+/// A submission the ring had no room for, retried on a later turn.
+struct Resubmission {
+    let op: KernelOp
+    let slot: UInt32
+    let generation: UInt32
+    /// For a listener's cancel: its descriptor (already gone from the listener table).
+    let fd: Int32
 }
 
 /// What a completion (or timer) is about, in the top byte of its 64-bit tag; the slot is the
 /// low 32 bits and the slot's generation the 24 between (so a late completion of a reused
 /// slot is recognised).
 @usableFromInline enum KernelOp: UInt8 {
-    case accept = 1, recv, send, connect, cancel, wake, io, connectTimeout, idleTimeout
+    case accept = 1, recv, send, connect, cancel, wake, io, connectTimeout, idleTimeout, acceptResume
 
     @inlinable func userData(slot: UInt32, generation: UInt32) -> UInt64 {
         UInt64(rawValue) << 56 | UInt64(generation & 0xFF_FFFF) << 32 | UInt64(slot)
@@ -988,6 +1204,8 @@ struct KernelListenerState {
         @usableFromInline static let windowed = Flags(rawValue: 1 << 16)
         /// epoll reported the peer's FIN or an error: read to the end, not to a short read.
         @usableFromInline static let hangup = Flags(rawValue: 1 << 17)
+        /// A send was refused by the process-wide cap: waits in `capWaiters`.
+        @usableFromInline static let capWaiting = Flags(rawValue: 1 << 18)
     }
 
     @usableFromInline var out = KernelSendQueue()
@@ -1002,6 +1220,8 @@ struct KernelListenerState {
     @usableFromInline var remotePort: UInt16 = 0
     @usableFromInline var localPort: UInt16 = 0
     @usableFromInline var idleSeconds: UInt16 = 0
+    /// The connection's own send buffer size in KiB (0: the engine's default).
+    @usableFromInline var sendLimitKiB: UInt16 = 0
     @usableFromInline var arena: UInt8 = 0
     @inlinable init() {}
 
@@ -1023,6 +1243,19 @@ struct KernelListenerState {
     @inlinable init() {}
 
     @inlinable var queued: Int { Int(sendingLength - sendingDone) + Int(pendingLength) }
+
+    /// Bytes `append` of `n` more would allocate (what to charge to the memory cap first):
+    /// a buffer of the usual size (none if a spare one is there), or the growth of `pending`.
+    @inlinable func growth(appending n: Int, spareAvailable: Bool) -> Int {
+        let need = Int(pendingLength) + n
+        if pending == nil {
+            return need <= KernelNetwork.sendBufferSize && spareAvailable ? 0 : max(KernelNetwork.sendBufferSize, need)
+        }
+        return need <= Int(pendingCapacity) ? 0 : max(need, Int(pendingCapacity) * 2) - Int(pendingCapacity)
+    }
+
+    /// Bytes `pending` takes without growing.
+    @inlinable var roomWithoutGrowth: Int { pending == nil ? 0 : Int(pendingCapacity - pendingLength) }
     @inlinable var isEmpty: Bool { sendingLength == sendingDone && pendingLength == 0 }
 
     @inlinable mutating func append(_ bytes: UnsafeRawBufferPointer, spare: inout [UnsafeMutableRawPointer]) {
@@ -1068,17 +1301,13 @@ struct KernelListenerState {
     }
 
     /// `n` bytes of `sending` went out. Returns true if some of it remains.
-    @inlinable mutating func consume(_ n: Int, spare: inout [UnsafeMutableRawPointer]) -> Bool {
+    @inlinable mutating func consume(_ n: Int, spare: inout [UnsafeMutableRawPointer], credit: inout SendCredit) -> Bool {
         sendingDone += UInt32(n)
         if sendingDone < sendingLength { return true }
         sendingDone = 0
         sendingLength = 0
         if let b = sending {
-            if sendingCapacity == UInt32(KernelNetwork.sendBufferSize) && spare.count < KernelNetwork.spareLimit {
-                spare.append(b)
-            } else {
-                b.deallocate()
-            }
+            Self.discard(b, capacity: sendingCapacity, spare: &spare, credit: &credit)
             sending = nil
             sendingCapacity = 0
         }
@@ -1086,15 +1315,21 @@ struct KernelListenerState {
     }
 
     /// Frees both buffers (those of the usual size to `spare`, up to its limit).
-    mutating func release(spare: inout [UnsafeMutableRawPointer]) {
-        for (b, cap) in [(sending, sendingCapacity), (pending, pendingCapacity)] {
-            guard let b else { continue }
-            if cap == UInt32(KernelNetwork.sendBufferSize) && spare.count < KernelNetwork.spareLimit {
-                spare.append(b)
-            } else {
-                b.deallocate()
-            }
-        }
+    mutating func release(spare: inout [UnsafeMutableRawPointer], credit: inout SendCredit) {
+        if let b = sending { Self.discard(b, capacity: sendingCapacity, spare: &spare, credit: &credit) }
+        if let b = pending { Self.discard(b, capacity: pendingCapacity, spare: &spare, credit: &credit) }
         self = KernelSendQueue()
+    }
+
+    /// A buffer no queue holds: kept as a spare (still charged to the cap) if it is of the
+    /// usual size and there is room, else freed and its memory given back to the cap.
+    @inlinable static func discard(_ b: UnsafeMutableRawPointer, capacity: UInt32, spare: inout [UnsafeMutableRawPointer],
+                                   credit: inout SendCredit) {
+        if capacity == UInt32(KernelNetwork.sendBufferSize) && spare.count < KernelNetwork.spareLimit {
+            spare.append(b)
+        } else {
+            b.deallocate()
+            credit.refund(Int(capacity))
+        }
     }
 }

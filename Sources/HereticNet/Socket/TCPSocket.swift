@@ -38,6 +38,17 @@ public enum TCPStatus: Equatable, Sendable {
     @inlinable public init(waited value: TCPStatus?) { self = value ?? .timeout }
 }
 
+/// What a blocking-style send did.
+public enum TCPSendStatus: Equatable, Sendable {
+    /// Everything was queued.
+    case sent
+    /// Only the first `count` bytes were queued (maybe none): the connection's send buffer
+    /// (or the process-wide cap on send memory) is full. Wait with `waitWritable`, then send
+    /// the rest.
+    case partial(Int)
+    case failure(TCPError)
+}
+
 /// A TCP connection with a receive buffer, for code that reads when it chooses instead of
 /// being called with data: the async API (`read`, `write`, `close`) and blocking-style calls
 /// inside stackless tasks (which wait on one of their inline events).
@@ -107,10 +118,9 @@ public final class TCPSocket: @unchecked Sendable {
     public var available: Int { inbox.count - head }
     /// Whether the connection is established and not closed.
     public var isOpen: Bool { phase == .open }
-    /// Bytes written and not yet acknowledged by the peer.
+    /// Bytes written and not yet acknowledged by the peer (on kernel sockets: not yet taken
+    /// by the kernel).
     public var bytesQueued: Int { phase == .open ? handle.bytesQueued : 0 }
-    /// Send queues above this hold writers back (`write` waits; `waitWritable` reports it).
-    public static let writeLimit = TCPLayer.writableThreshold
 
     // MARK: Events from the stack (through `SocketHandler`)
 
@@ -192,14 +202,20 @@ public final class TCPSocket: @unchecked Sendable {
         }
     }
 
-    /// Queues bytes to send (copied). Fails once the connection is closed or closing.
-    public func send(_ bytes: UnsafeRawBufferPointer) -> TCPStatus {
+    /// Queues bytes to send (copied), as many as the send buffer takes: `.sent` when all of
+    /// them, `.partial(n)` when only the first `n` (wait with `waitWritable` and send the
+    /// rest). Fails once the connection is closed or closing.
+    public func send(_ bytes: UnsafeRawBufferPointer) -> TCPSendStatus {
         guard phase == .open else { return .failure(error ?? .closed) }
-        return handle.send(bytes) ? .ok : .failure(.closed)
+        guard bytes.count > 0 else { return .sent }
+        let n = handle.send(bytes)
+        if n == bytes.count { return .sent }
+        if n == 0 && !handle.canSend { return .failure(.closed) }
+        return .partial(n)
     }
 
-    /// Queues bytes to send (copied).
-    public func send(_ bytes: [UInt8]) -> TCPStatus { bytes.withUnsafeBytes { send($0) } }
+    /// Queues bytes to send (copied), as many as the send buffer takes.
+    public func send(_ bytes: [UInt8]) -> TCPSendStatus { bytes.withUnsafeBytes { send($0) } }
 
     /// Sends FIN after everything queued (graceful close). Reading may go on until the peer
     /// finishes too.
@@ -236,10 +252,11 @@ public final class TCPSocket: @unchecked Sendable {
         return false
     }
 
-    /// Arranges for `event` to be set once the send queue has room (or the connection
-    /// failed). Returns true instead, without arming, if there is room now.
+    /// Arranges for `event` to be set once the send queue has room after a send took less
+    /// than it was given (or the connection failed). Returns true instead, without arming,
+    /// if there is room now.
     public func waitWritable(_ event: EventRef<TCPStatus>) -> Bool {
-        if phase != .open || bytesQueued < Self.writeLimit { return true }
+        if phase != .open || !handle.isHeldBack { return true }
         writeEvent = event
         return false
     }
@@ -284,13 +301,20 @@ public final class TCPSocket: @unchecked Sendable {
         return out
     }
 
-    /// Queues `bytes`, first waiting while the send queue is above `writeLimit` (so a fast
-    /// writer cannot queue without bound).
+    /// Queues `bytes`, waiting whenever the send buffer is full until it has room again (so
+    /// a fast writer, or a peer that stops reading, cannot make the queue grow without bound).
     public func write(_ bytes: [UInt8], isolation: isolated (any Actor)? = #isolation) async throws(TCPError) {
-        while phase == .open && bytesQueued >= Self.writeLimit {
-            if case .failed(let e) = await suspend(.write, isolation: isolation) { throw e }
+        var offset = 0
+        while true {
+            let status = bytes.withUnsafeBytes { send(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+            switch status {
+            case .sent: return
+            case .failure(let e): throw e
+            case .partial(let n):
+                offset += n
+                if case .failed(let e) = await suspend(.write, isolation: isolation) { throw e }
+            }
         }
-        if case .failure(let e) = send(bytes) { throw e }
     }
 
     /// Closes gracefully (FIN after everything written) and waits until the connection is
@@ -488,8 +512,9 @@ extension Interface {
                         notify event: EventRef<TCPStatus>) -> TCPSocket {
         let socket = TCPSocket(layer: tcp, remote: remote, receiveCapacity: receiveCapacity)
         socket.connectEvent = event
-        socket.localPort = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds,
-                                       receiveWindow: socket.receiveCapacity, handler: SocketHandler(socket: socket, listener: nil))
+        (socket.localPort, socket.ref) = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds,
+                                                     receiveWindow: socket.receiveCapacity,
+                                                     handler: SocketHandler(socket: socket, listener: nil))
         return socket
     }
 
@@ -497,8 +522,9 @@ extension Interface {
     public func connect(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, receiveCapacity: Int = 65_536,
                         isolation: isolated (any Actor)? = #isolation) async throws(TCPError) -> TCPSocket {
         let socket = TCPSocket(layer: tcp, remote: remote, receiveCapacity: receiveCapacity)
-        socket.localPort = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds,
-                                       receiveWindow: socket.receiveCapacity, handler: SocketHandler(socket: socket, listener: nil))
+        (socket.localPort, socket.ref) = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds,
+                                                     receiveWindow: socket.receiveCapacity,
+                                                     handler: SocketHandler(socket: socket, listener: nil))
         return try await socket.established(isolation: isolation)
     }
 }

@@ -1,11 +1,23 @@
 /// A flat open-addressing map from 64-bit keys to 64-bit values, for the per-segment lookup
-/// of a connection by its 4-tuple: one multiply to hash, linear probing, backward-shift
-/// deletion (no tombstones, so churn does not slow lookups), growth at 50 % load.
-/// Key 0 is reserved as "empty" (no real 4-tuple packs to 0: a remote port of 0 is refused).
+/// of a connection by its 4-tuple: linear probing, backward-shift deletion (no tombstones,
+/// so churn does not slow lookups), growth at 50 % load.
+///
+/// The hash is keyed: multiply-shift over the key xor a random seed, with a random odd
+/// multiplier, both drawn per table. A peer that does not know them cannot choose 4-tuples
+/// that pile into one probe run (with a fixed multiplier, keys that differ only in their top
+/// bits all land in the same bucket), so lookups stay short whatever the peers send.
+///
+/// Every key is allowed: 0, the marker of an empty bucket, is kept beside the buckets.
 struct ConnectionTable {
     private var keys: [UInt64]
     private var values: [UInt64]
     private var mask: Int
+    /// 64 minus log2 of the bucket count: the top bits of the product pick the bucket.
+    private var shift: UInt64
+    private let seed = UInt64.random(in: 0...UInt64.max)
+    private let multiplier = UInt64.random(in: 0...UInt64.max) | 1
+    /// The value of key 0, which cannot live in a bucket.
+    private var zeroValue: UInt64?
     private(set) var count = 0
 
     init(capacity: Int = 1024) {
@@ -14,15 +26,16 @@ struct ConnectionTable {
         keys = Array(repeating: 0, count: c)
         values = Array(repeating: 0, count: c)
         mask = c - 1
+        shift = UInt64(64 - c.trailingZeroBitCount)
     }
 
     @inline(__always) private func home(_ key: UInt64) -> Int {
-        Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
+        Int(truncatingIfNeeded: ((key ^ seed) &* multiplier) >> shift)
     }
 
     subscript(key: UInt64) -> UInt64? {
         get {
-            precondition(key != 0)
+            if key == 0 { return zeroValue }
             var i = home(key)
             while true {
                 let k = keys[i]
@@ -32,8 +45,14 @@ struct ConnectionTable {
             }
         }
         set {
-            precondition(key != 0)
-            if let v = newValue { insert(key, v) } else { remove(key) }
+            if key == 0 {
+                if (zeroValue == nil) != (newValue == nil) { count += newValue == nil ? -1 : 1 }
+                zeroValue = newValue
+            } else if let v = newValue {
+                insert(key, v)
+            } else {
+                remove(key)
+            }
         }
     }
 
@@ -91,12 +110,14 @@ struct ConnectionTable {
         keys = Array(repeating: 0, count: c)
         values = Array(repeating: 0, count: c)
         mask = c - 1
-        count = 0
+        shift = UInt64(64 - c.trailingZeroBitCount)
+        count = zeroValue == nil ? 0 : 1
         for i in oldKeys.indices where oldKeys[i] != 0 { insert(oldKeys[i], oldValues[i]) }
     }
 
     /// Slots looked at to find `key` (1: at its home), or to learn it is absent.
     func probeLength(_ key: UInt64) -> Int {
+        if key == 0 { return 1 }
         var i = home(key), n = 1
         while keys[i] != key && keys[i] != 0 {
             i = (i + 1) & mask

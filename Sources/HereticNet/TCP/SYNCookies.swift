@@ -6,8 +6,9 @@ extension TCPLayer {
     /// MSS values a cookie can carry (3 bits; the largest not above the peer's is chosen).
     static let cookieMSS: [UInt16] = [536, 1200, 1440, 1460]
 
-    /// The cookie counter: advances every 64 s; a cookie is good for two periods.
-    var cookieCounter: UInt32 { clock >> 16 }
+    /// The cookie counter: advances every period (65.5 s); a cookie is good for two.
+    static let cookiePeriod: UInt64 = 1 << 16
+    var cookieCounter: UInt32 { UInt32(truncatingIfNeeded: now >> 16) }
 
     func cookieHash(_ remote: TCPEndpoint, _ localPort: UInt16, peerISN: SequenceNumber, counter: UInt32) -> UInt32 {
         var h = Hasher()

@@ -47,6 +47,10 @@ public enum TCPAction: Equatable, Sendable {
     /// an ACK outside what was sent. Acknowledge at once (counted apart: it means someone
     /// may be guessing sequence numbers).
     case challengeAck
+    /// RFC 7323's PAWS: the segment's timestamp is older than the last one accepted (a
+    /// segment from an earlier wrap of the sequence space, or a forged one). Dropped; answer
+    /// with an ACK (rate-limited with the challenge ACKs).
+    case pawsRejected
     /// Send `length` bytes of the application's data starting at `sequence`, with these flags.
     case sendData(TCPSegmentInfo)
     /// The same, for data sent before (a retransmission: timeout, fast retransmit, partial ACK).
@@ -129,8 +133,11 @@ public struct TCB: Sendable, Equatable {
     var rttvar16: UInt16 = 0
     var rto16: UInt16 = 1000
     /// Keepalive (RFC 1122 4.2.3.6): seconds of silence before the first probe (0: off);
-    /// probes follow at the same interval (at most 75 s), `keepaliveProbes` unanswered end it.
+    /// then a probe every `keepaliveInterval` seconds (0: the idle time, at most 75 s), and
+    /// `keepaliveCount` unanswered (0: `keepaliveProbes`) end the connection.
     public var keepaliveSeconds: UInt16 = 0
+    public var keepaliveInterval: UInt8 = 0
+    public var keepaliveCount: UInt8 = 0
     /// Seconds without data either way before the connection is aborted (0: never).
     public var idleTimeoutSeconds: UInt16 = 0
     public private(set) var state: TCPState = .closed
@@ -179,6 +186,19 @@ public struct TCB: Sendable, Equatable {
     public static let maxRetries: UInt8 = 8
     public static let maxSynRetries: UInt8 = 5
     public static let keepaliveProbes: UInt8 = 9
+    /// Persist probes while the peer's window stays closed, answered or not, before the
+    /// connection is given up as timed out: with the probe interval backing off to 60 s,
+    /// about nine minutes of a closed window. (Linux probes a peer that answers for as long as
+    /// the application keeps the socket; a peer that never reads would pin the send queue.)
+    public static let maxPersistProbes: UInt8 = 15
+    /// FIN-WAIT-2 (our FIN acknowledged, the peer's never comes): silence for this long
+    /// ends the connection with RST, as Linux's tcp_fin_timeout does.
+    public static let finWait2Timeout: UInt32 = 60_000
+    /// RFC 7323 5.5: a TS.Recent not refreshed for 24 days is too old to judge by.
+    static let pawsIdleLimit: UInt32 = 24 * 86_400_000
+    /// The smallest MSS a peer may make us use (Linux's tcp_min_snd_mss is 48): tiny
+    /// segments would multiply the work per byte (CVE-2019-11479).
+    public static let minimumMSS = 64
     /// Duplicate ACKs that start fast retransmit (RFC 5681).
     public static let dupAckThreshold: UInt8 = 3
 
@@ -262,6 +282,8 @@ public struct TCB: Sendable, Equatable {
         return min(10 * m, max(2 * m, 14_600))
     }
 
+    /// Our SYN or SYN-ACK. Its MSS option names `ourMSS`; the layer that sends it puts in
+    /// what its interface carries.
     func synSegment(ack: Bool, now: UInt32) -> TCPSegmentInfo {
         var options = TCPOptions(maximumSegmentSize: Self.ourMSS)
         // A SYN offers window scaling and timestamps; a SYN-ACK only answers what the peer
@@ -274,7 +296,7 @@ public struct TCB: Sendable, Equatable {
     }
 
     mutating func negotiate(_ options: TCPOptions) {
-        if let m = options.maximumSegmentSize { sendMSS = max(64, m) }
+        if let m = options.maximumSegmentSize { sendMSS = max(UInt16(Self.minimumMSS), m) }
         cwnd = Self.initialWindow(mss: sendMSS)
         if let ws = options.windowScale {
             sndScale = ws
@@ -342,6 +364,7 @@ public struct TCB: Sendable, Equatable {
         guard !persisting, sndWnd == 0, sndUna == sndNxt, canSendData else { return }
         persisting = true
         probes = 0
+        retries = 0  // while persisting: probes sent since the window closed
         out.append(.armRetransmit(milliseconds: Int(rto)))
     }
 
@@ -394,10 +417,19 @@ public struct TCB: Sendable, Equatable {
     /// resends what `.sendData` asks for from its buffer.
     public mutating func retransmitTimeout(now: UInt32, out: inout [TCPAction]) {
         guard sndUna != sndNxt, state != .closed, state != .timeWait else { return }
-        let limit = state == .synSent || state == .synReceived ? Self.maxSynRetries : Self.maxRetries
-        if retries >= limit {
-            state = .closed
-            out.append(.closed(.timedOut))
+        let handshaking = state == .synSent || state == .synReceived
+        // The peer shrank its window to zero under data in flight: what we resend are window
+        // probes, bounded as persist probes are (answered or not), and failing the connection
+        // sooner only while unanswered (an answer resets `probes`).
+        let zeroWindow = sndWnd == 0 && !handshaking
+        let limit = handshaking ? Self.maxSynRetries : zeroWindow ? Self.maxPersistProbes : Self.maxRetries
+        if retries >= limit || (zeroWindow && probes >= Self.maxRetries) {
+            if zeroWindow {
+                abort(out: &out, reason: .timedOut)
+            } else {
+                state = .closed
+                out.append(.closed(.timedOut))
+            }
             return
         }
         if state == .synSent, connectDeadline != 0, Int32(bitPattern: now &- connectDeadline) >= 0 {
@@ -405,18 +437,8 @@ public struct TCB: Sendable, Equatable {
             out.append(.closed(.timedOut))
             return
         }
-        if sndWnd == 0 && state != .synSent && state != .synReceived {
-            // The peer shrank its window to zero under data in flight: what we resend are
-            // window probes, and they fail the connection only while unanswered (an answer
-            // resets `probes`), as persist probes do.
-            if probes >= Self.maxRetries {
-                abort(out: &out, reason: .timedOut)
-                return
-            }
-            probes += 1
-        } else {
-            retries += 1
-        }
+        if zeroWindow { probes += 1 }
+        retries += 1
         rto16 = UInt16(min(Self.maxRTO, rto * 2))
         if state != .synSent && state != .synReceived {
             // RFC 5681 5: the loss window, and RFC 6582's recover so that duplicate ACKs of
@@ -462,14 +484,19 @@ public struct TCB: Sendable, Equatable {
                 retransmitTimeout(now: now, out: &out)
             } else if persisting {
                 guard unsent > 0, sndWnd == 0, canSendData else { persisting = false; idleTimer(now: now, out: &out); return }
-                if probes >= Self.maxRetries {
-                    // Probes went unanswered (an answer resets the count): the peer is gone.
+                // Unanswered probes (an answer resets `probes`) mean the peer is gone; answered
+                // ones that never open the window (`retries` counts every probe since it
+                // closed) mean it will not read: either way, give up.
+                if probes >= Self.maxRetries || retries >= Self.maxPersistProbes {
                     abort(out: &out, reason: .timedOut)
                     return
                 }
                 probes += 1
+                retries += 1
                 out.append(.send(probeSegment(now: now)))
-                out.append(.armRetransmit(milliseconds: Int(min(Self.maxRTO, rto << UInt32(min(probes, 8))))))
+                // Backing off by every probe sent, answered or not: a peer that answers at
+                // once cannot hold us to probing at the first interval.
+                out.append(.armRetransmit(milliseconds: Int(min(Self.maxRTO, rto << UInt32(min(retries, 9))))))
             } else {
                 idleCheck(now: now, out: &out)
             }
@@ -492,10 +519,13 @@ public struct TCB: Sendable, Equatable {
     /// When the next idle check is due (nil: no keepalive and no idle timeout).
     @usableFromInline func idleDeadline() -> UInt32? {
         guard state == .established || state == .closeWait || state == .finWait2 else { return nil }
-        switch (idleDue, keepaliveDue) {
-        case let (d?, k?): return Int32(bitPattern: k &- d) < 0 ? k : d
-        case let (d, k): return d ?? k
+        var earliest: UInt32?
+        for due in [idleDue, keepaliveDue, finWait2Due] {
+            guard let due else { continue }
+            if let e = earliest, Int32(bitPattern: due &- e) >= 0 { continue }
+            earliest = due
         }
+        return earliest
     }
 
     /// When the idle timeout ends the connection (nil: no idle timeout).
@@ -506,18 +536,36 @@ public struct TCB: Sendable, Equatable {
     /// When the next keepalive probe is due (nil: keepalive off).
     var keepaliveDue: UInt32? {
         guard keepaliveSeconds > 0 else { return nil }
-        let interval = UInt32(min(keepaliveSeconds, 75)) * 1000
+        let interval = UInt32(keepaliveInterval != 0 ? UInt16(keepaliveInterval) : min(keepaliveSeconds, 75)) * 1000
         return lastHeard &+ UInt32(keepaliveSeconds) * 1000 &+ UInt32(probes) * interval
     }
 
+    /// Sets keepalive (nil: off).
+    public mutating func setKeepalive(_ k: TCPKeepalive?) {
+        guard let k, k.idle > 0 else {
+            keepaliveSeconds = 0
+            return
+        }
+        keepaliveSeconds = UInt16(clamping: k.idle)
+        keepaliveInterval = UInt8(clamping: max(1, k.interval))
+        keepaliveCount = UInt8(clamping: max(1, k.count))
+    }
+
+    /// When FIN-WAIT-2 gives up on the peer's FIN (nil: not in FIN-WAIT-2).
+    var finWait2Due: UInt32? { state == .finWait2 ? lastHeard &+ Self.finWait2Timeout : nil }
+
     mutating func idleCheck(now: UInt32, out: inout [TCPAction]) {
         guard idleDeadline() != nil else { out.append(.cancelRetransmit); return }
+        if let f = finWait2Due, Int32(bitPattern: now &- f) >= 0 {
+            abort(out: &out, reason: .timedOut)
+            return
+        }
         if let d = idleDue, Int32(bitPattern: now &- d) >= 0 {
             abort(out: &out, reason: .idle)
             return
         }
         if let k = keepaliveDue, Int32(bitPattern: now &- k) >= 0 {
-            if probes >= Self.keepaliveProbes {
+            if probes >= (keepaliveCount != 0 ? keepaliveCount : Self.keepaliveProbes) {
                 abort(out: &out, reason: .timedOut)
                 return
             }
@@ -630,6 +678,14 @@ public struct TCB: Sendable, Equatable {
             seg.flags.remove(.syn)
             seg.sequence = seg.sequence + 1
         }
+        // RFC 7323 5.3, PAWS: a timestamp older than the last accepted one means an old
+        // duplicate (or a forgery): drop it and acknowledge, unless it is a RST. A TS.Recent
+        // untouched for 24 days is too old to judge by.
+        if timestamps, let ts = seg.options.timestamp, !seg.flags.contains(.rst),
+           Int32(bitPattern: ts.value &- tsRecent) < 0, now &- lastHeard < Self.pawsIdleLimit {
+            out.append(.pawsRejected)
+            return
+        }
         // First: sequence number.
         guard acceptable(seg) else {
             if !seg.flags.contains(.rst) { ack(now: now, out: &out) }
@@ -710,7 +766,9 @@ public struct TCB: Sendable, Equatable {
         }
         let ourFINAcked = finSent && sndUna == sndNxt
         switch state {
-        case .finWait1 where ourFINAcked: state = .finWait2
+        case .finWait1 where ourFINAcked:
+            state = .finWait2
+            idleTimer(now: now, out: &out)  // the FIN-WAIT-2 timeout starts
         case .closing where ourFINAcked:
             state = .timeWait
             out.append(.startTimeWait(milliseconds: 2 * Self.msl))
@@ -839,6 +897,25 @@ public struct TCB: Sendable, Equatable {
         var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
         d.payloadLength = min(dataInFlight, maximumSegmentPayload)
         out.append(.resendData(d))
+    }
+
+    /// ICMP said a segment starting at `sequence` was too big for the path. If that is data we
+    /// have in flight (RFC 5927's check), the MSS drops to `mss` and the oldest unacknowledged
+    /// data goes out again at the new size: a lost segment, not congestion (RFC 1191, as
+    /// Linux's tcp_simple_retransmit). Returns whether the MSS changed.
+    public mutating func pathMTUDropped(sequence: SequenceNumber, mss: UInt16, now: UInt32, out: inout [TCPAction]) -> Bool {
+        guard state.isSynchronized, sequence >= sndUna, sequence < sndMax, mss < sendMSS else { return false }
+        sendMSS = max(UInt16(Self.minimumMSS), mss)
+        let inFlight = bytesInFlight
+        if inFlight > 0 {
+            var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
+            d.payloadLength = min(inFlight, maximumSegmentPayload)
+            out.append(.resendData(d))
+            sndNxt = sndUna + d.payloadLength
+            if finSent { finSent = false; pendingFIN = true }
+            out.append(.armRetransmit(milliseconds: Int(rto)))
+        }
+        return true
     }
 
     /// TIME-WAIT ended: the connection is forgotten.

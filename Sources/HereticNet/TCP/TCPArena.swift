@@ -1,28 +1,63 @@
 import HereticCore
 import CHereticSys
 
+/// A reference to one connection of a `TCPLayer`: its arena, its slot, and the slot's
+/// generation when the reference was made. A slot is reused once its connection ends, with a
+/// new generation, so a reference kept past its connection (a handle in application state, a
+/// delayed ACK in a queue) never reaches the slot's next occupant. Generation 0 is never
+/// given: the reference 0 names nothing.
+@usableFromInline enum ConnectionRef {
+    @usableFromInline static let slotBits: UInt64 = 28
+    @usableFromInline static let generationBits: UInt64 = 24
+    /// Slots per arena, and arenas per layer, that references can name.
+    @usableFromInline static let maxSlots = 1 << 28
+    @usableFromInline static let maxArenas = 1 << 12
+
+    @inlinable static func make(arena: UInt16, generation: UInt32, slot: UInt32) -> UInt64 {
+        UInt64(arena) << (slotBits + generationBits) | UInt64(generation) << slotBits | UInt64(slot)
+    }
+    @inlinable static func arena(_ ref: UInt64) -> Int { Int(truncatingIfNeeded: ref >> (slotBits + generationBits)) }
+    @inlinable static func slot(_ ref: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: ref & (1 << slotBits - 1)) }
+    @inlinable static func generation(_ ref: UInt64) -> UInt32 {
+        UInt32(truncatingIfNeeded: ref >> slotBits & (1 << generationBits - 1))
+    }
+}
+
 /// Type-erased access to one handler type's connections. The entry points are closures
 /// made where the handler type is known (an `@inlinable` initializer runs in the caller's
 /// module), so the layer reaches specialised code without generic dispatch.
 @usableFromInline class AnyTCPArena {
-    /// The arena's number in its layer (the high half of its connections' references).
+    /// The arena's number in its layer (the top bits of its connections' references).
     @usableFromInline var index: UInt16 = 0
     /// For listeners: connections accepted and still half-open (SYN-RECEIVED), and the most
-    /// there may be; SYNs beyond it are dropped and counted.
+    /// there may be; SYNs beyond it get SYN cookies, or are dropped and counted.
     @usableFromInline var halfOpen = 0
     @usableFromInline var backlog = Int.max
     /// The receive window offered on accepted connections' SYN-ACKs.
     @usableFromInline var receiveWindow: UInt32 = 65_535
+    /// For listeners: when a SYN cookie was last sent (the layer's clock). Only an ACK that
+    /// arrives while a cookie could still be outstanding is checked as one (Linux does the
+    /// same): otherwise a blind ACK flood would cost a keyed hash per segment.
+    @usableFromInline var lastCookieSent: UInt64?
+    /// For listeners: keepalive for every accepted connection (nil: off), as Linux's
+    /// SO_KEEPALIVE set on a listening socket is inherited by what it accepts.
+    @usableFromInline var keepalive: TCPKeepalive?
     @usableFromInline @exclusivity(unchecked) var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
-    @usableFromInline @exclusivity(unchecked) var timerFired: (UInt32) -> Void = { _ in }
+    @usableFromInline @exclusivity(unchecked) var timerFired: (UInt64) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
     @usableFromInline @exclusivity(unchecked) var applyActions: (UInt32, [TCPAction]) -> Void = { _, _ in }
-    @usableFromInline @exclusivity(unchecked) var sendBytes: (UInt32, UnsafeRawBufferPointer) -> Bool = { _, _ in false }
+    @usableFromInline @exclusivity(unchecked) var sendBytes: (UInt64, UnsafeRawBufferPointer) -> Int = { _, _ in 0 }
     @usableFromInline @exclusivity(unchecked) var pumpSlot: (UInt32) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
+    /// Whether the reference names a connection of this arena that is still open.
+    @usableFromInline @exclusivity(unchecked) var isLive: (UInt64) -> Bool = { _ in false }
     @usableFromInline @exclusivity(unchecked) var state: (UInt32) -> TCPState = { _ in .closed }
     @usableFromInline @exclusivity(unchecked) var accept: (TCPSegmentInfo, TCPEndpoint, UInt16) -> UInt32? = { _, _, _ in nil }
     @usableFromInline @exclusivity(unchecked) var acceptCookie: (TCPSegmentInfo, TCPEndpoint, UInt16, UInt16) -> UInt32? = { _, _, _, _ in nil }
+    /// Starts a connect that waited for a callback to return (its reference, its timeout).
+    @usableFromInline @exclusivity(unchecked) var startConnect: (UInt64, Int?) -> Void = { _, _ in }
+    /// Tells a live connection's handler it may send again.
+    @usableFromInline @exclusivity(unchecked) var notifyWritable: (UInt64) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var live: () -> Int = { 0 }
     /// Trims the freed tail; true when memory went back.
     @usableFromInline @exclusivity(unchecked) var trim: () -> Bool = { false }
@@ -31,7 +66,10 @@ import CHereticSys
     /// older receive sequence than `sequence`, and if so, forgets it.
     @usableFromInline @exclusivity(unchecked) var yieldTimeWait: (UInt32, SequenceNumber?) -> Bool = { _, _ in false }
     @usableFromInline @exclusivity(unchecked) var isTimeWait: (UInt32) -> Bool = { _ in false }
-    @usableFromInline @exclusivity(unchecked) var established: () -> [UInt32] = { [] }
+    /// References of the established connections, and how many slots sit in TIME-WAIT (a
+    /// count taken by looking, to check the layer's own).
+    @usableFromInline @exclusivity(unchecked) var established: () -> [UInt64] = { [] }
+    @usableFromInline @exclusivity(unchecked) var timeWaitSlots: () -> Int = { 0 }
     /// Send queues by slot: empty (no allocation) while a connection has nothing unacked.
     @usableFromInline let queues = ChunkedStore<SendQueue>()
     @usableFromInline init() {}
@@ -40,23 +78,28 @@ import CHereticSys
 @usableFromInline final class TCPArena<H: TCPHandler>: AnyTCPArena {
     @usableFromInline struct Slot {
         @usableFromInline var tcb: TCB
+        /// In use, in TIME-WAIT, half-open. Declared right after the control block, whose
+        /// last byte of padding it fills.
+        @usableFromInline var bits: UInt8 = 1
         @usableFromInline var handler: H
         @usableFromInline var remote: TCPEndpoint
         @usableFromInline var localPort: UInt16
-        @usableFromInline var timer: TimerHandle?
-        @usableFromInline var inUse: Bool
-        @usableFromInline var inTimeWait = false
-        /// Accepted from a listener and not yet established (counts against its backlog).
-        @usableFromInline var halfOpen = false
+        @usableFromInline var timer = TimerHandle.none
+        @usableFromInline var generation: UInt32 = 0
 
-        @inlinable init(tcb: TCB, handler: H, remote: TCPEndpoint, localPort: UInt16, timer: TimerHandle?, inUse: Bool) {
+        @inlinable init(tcb: TCB, handler: H, remote: TCPEndpoint, localPort: UInt16) {
             self.tcb = tcb
             self.handler = handler
             self.remote = remote
             self.localPort = localPort
-            self.timer = timer
-            self.inUse = inUse
         }
+
+        @inlinable func bit(_ b: UInt8) -> Bool { bits & b != 0 }
+        @inlinable mutating func set(_ b: UInt8, _ on: Bool) { bits = on ? bits | b : bits & ~b }
+        @inlinable var inUse: Bool { get { bit(1) } set { set(1, newValue) } }
+        @inlinable var inTimeWait: Bool { get { bit(2) } set { set(2, newValue) } }
+        /// Accepted from a listener and not yet established (counts against its backlog).
+        @inlinable var halfOpen: Bool { get { bit(4) } set { set(4, newValue) } }
     }
 
     /// Strong, so calls into the layer on the hot path need no retain: the layer breaks the
@@ -67,6 +110,8 @@ import CHereticSys
     @usableFromInline let slots = ChunkedStore<Slot>()
     @usableFromInline @exclusivity(unchecked) var free: [UInt32] = []
     @usableFromInline @exclusivity(unchecked) var count = 0
+    /// The generation the next allocated slot gets (never 0).
+    @usableFromInline @exclusivity(unchecked) var nextGeneration: UInt32 = 1
 
     @inlinable init(layer: TCPLayer, index: UInt16, makeHandler: (() -> H)?) {
         self.layer = layer
@@ -77,19 +122,29 @@ import CHereticSys
         // on the hot path cost no reference counting.
         let me = Unmanaged.passUnretained(self)
         arrived = { slot, seg, payload in me._withUnsafeGuaranteedRef { $0.segmentArrived(slot, seg, payload) } }
-        timerFired = { slot in me._withUnsafeGuaranteedRef { $0.fire(slot) } }
+        timerFired = { ref in me._withUnsafeGuaranteedRef { $0.fire(ref) } }
         run = { slot, body in me._withUnsafeGuaranteedRef { body(&$0.slots[Int(slot)].tcb) } }
         applyActions = { slot, actions in me._withUnsafeGuaranteedRef { $0.apply(slot, actions, payload: nil) } }
-        sendBytes = { slot, bytes in me._withUnsafeGuaranteedRef { $0.send(slot, bytes) } }
+        sendBytes = { ref, bytes in me._withUnsafeGuaranteedRef { $0.send(ref, bytes) } }
         pumpSlot = { slot in me._withUnsafeGuaranteedRef { $0.pump(slot) } }
         endpoints = { slot in
             me._withUnsafeGuaranteedRef { ($0.slots[Int(slot)].remote, $0.slots[Int(slot)].localPort) }
         }
+        isLive = { ref in me._withUnsafeGuaranteedRef { $0.liveSlot(ref) != nil } }
         state = { slot in
             me._withUnsafeGuaranteedRef { $0.slots[Int(slot)].inUse ? $0.slots[Int(slot)].tcb.state : .closed }
         }
         accept = { [unowned(unsafe) self] in self.acceptSYN($0, from: $1, localPort: $2) }
         acceptCookie = { [unowned(unsafe) self] in self.acceptCookie($0, from: $1, localPort: $2, mss: $3) }
+        startConnect = { [unowned(unsafe) self] ref, timeout in
+            guard let slot = self.liveSlot(ref) else { return }
+            self.start(slot, timeoutMilliseconds: timeout)
+        }
+        notifyWritable = { [unowned(unsafe) self] ref in
+            guard let slot = self.liveSlot(ref) else { return }
+            self.queues[Int(slot)].capWaiting = false
+            self.tellWritable(slot)
+        }
         live = { [unowned(unsafe) self] in self.count }
         trim = { [unowned(unsafe) self] in self.trimTail() }
         yieldTimeWait = { [unowned(unsafe) self] slot, sequence in
@@ -100,33 +155,57 @@ import CHereticSys
         }
         isTimeWait = { [unowned(unsafe) self] in self.inTimeWait($0) }
         established = { [unowned(unsafe) self] in
-            self.slots.indices.filter { self.slots[$0].inUse && self.slots[$0].tcb.state == .established }.map(UInt32.init)
+            self.slots.indices.filter { self.slots[$0].inUse && self.slots[$0].tcb.state == .established }
+                .map { self.ref(UInt32($0)) }
+        }
+        timeWaitSlots = { [unowned(unsafe) self] in
+            self.slots.indices.reduce(0) { $0 + (self.inTimeWait(UInt32($1)) ? 1 : 0) }
         }
     }
 
-    @inlinable func allocate(_ slot: Slot) -> UInt32 {
-        count += 1
+    /// A free slot holding `slot`, with a generation new to it; nil when the arena is full.
+    @inlinable func allocate(_ slot: Slot) -> UInt32? {
+        var s = slot
+        s.generation = nextGeneration
+        nextGeneration = nextGeneration & (1 << ConnectionRef.generationBits - 1) == (1 << ConnectionRef.generationBits - 1)
+            ? 1 : nextGeneration + 1
         // Entries beyond a trimmed tail, or duplicates, are stale: skip them.
         while let i = free.popLast() {
             guard Int(i) < slots.count, !slots[Int(i)].inUse else { continue }
-            slots[Int(i)] = slot
-            queues[Int(i)].reset()
+            count += 1
+            slots[Int(i)] = s
             return i
         }
-        slots.append(slot)
+        guard slots.count < ConnectionRef.maxSlots else { return nil }
+        count += 1
+        slots.append(s)
         queues.append(SendQueue())
         return UInt32(slots.count - 1)
     }
 
-    @inlinable func ref(_ slot: UInt32) -> UInt64 { UInt64(index) << 32 | UInt64(slot) }
+    @inlinable func ref(_ slot: UInt32) -> UInt64 {
+        ConnectionRef.make(arena: index, generation: slots[Int(slot)].generation, slot: slot)
+    }
+
+    /// The slot `ref` names if its connection is still there (same generation, in use).
+    @inlinable func liveSlot(_ ref: UInt64) -> UInt32? {
+        let slot = ConnectionRef.slot(ref)
+        guard Int(slot) < slots.count, slots[Int(slot)].inUse,
+              slots[Int(slot)].generation == ConnectionRef.generation(ref) else { return nil }
+        return slot
+    }
 
     @inlinable func acceptSYN(_ syn: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16) -> UInt32? {
         guard let make = makeHandler else { return nil }
         var out = layer.takeActions()
         defer { layer.giveBack(&out) }
         let iss = layer.initialSequenceNumber(remote: remote, localPort: localPort)
-        let tcb = TCB.accept(syn, iss: iss, now: layer.clock, receiveWindow: receiveWindow, out: &out)
-        let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort, timer: nil, inUse: true))
+        var tcb = TCB.accept(syn, iss: iss, now: layer.clock, receiveWindow: receiveWindow, out: &out)
+        if let k = keepalive { tcb.setKeepalive(k) }
+        guard let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort)) else {
+            layer.arenaFullDrops += 1
+            return nil
+        }
         slots[Int(slot)].halfOpen = true
         halfOpen += 1
         layer.register(ref(slot), remote: remote, localPort: localPort)
@@ -137,26 +216,49 @@ import CHereticSys
     /// A SYN cookie came back in `ack`: the connection exists from now on, established.
     @inlinable func acceptCookie(_ ack: TCPSegmentInfo, from remote: TCPEndpoint, localPort: UInt16, mss: UInt16) -> UInt32? {
         guard let make = makeHandler else { return nil }
-        let tcb = TCB.fromCookie(ack, mss: mss, now: layer.clock)
-        let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort, timer: nil, inUse: true))
+        var tcb = TCB.fromCookie(ack, mss: mss, now: layer.clock)
+        if let k = keepalive { tcb.setKeepalive(k) }
+        guard let slot = allocate(Slot(tcb: tcb, handler: make(), remote: remote, localPort: localPort)) else {
+            layer.arenaFullDrops += 1
+            return nil
+        }
         layer.register(ref(slot), remote: remote, localPort: localPort)
         apply(slot, [.connected], payload: nil)
         return slot
     }
 
-    /// Starts an active open with `handler`.
+    /// Starts an active open with `handler`; returns its reference (0 when the arena is
+    /// full: the handler hears `closed(.refused)` on the next tick). Inside a handler
+    /// callback the connection exists at once (its reference works) but its SYN waits until
+    /// the callback has returned.
     @inlinable func connect(to remote: TCPEndpoint, localPort: UInt16, timeoutMilliseconds: Int?, receiveWindow: UInt32,
-                            handler: H) -> UInt32 {
+                            handler: H) -> UInt64 {
         var tcb = TCB()
         tcb.rcvWnd = receiveWindow
+        guard let slot = allocate(Slot(tcb: tcb, handler: handler, remote: remote, localPort: localPort)) else {
+            layer.arenaFullDrops += 1
+            layer.refuseLater(handler)
+            return 0
+        }
+        let r = ref(slot)
+        layer.register(r, remote: remote, localPort: localPort)
+        if layer.callbackDepth > 0 {
+            layer.deferredConnects.append((r, timeoutMilliseconds))
+        } else {
+            start(slot, timeoutMilliseconds: timeoutMilliseconds)
+        }
+        return r
+    }
+
+    /// Sends the SYN of a connection made by `connect`.
+    @inlinable func start(_ slot: UInt32, timeoutMilliseconds: Int?) {
+        guard slots[Int(slot)].tcb.state == .closed else { return }
         var out = layer.takeActions()
         defer { layer.giveBack(&out) }
-        tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort), now: layer.clock,
-                    timeoutMilliseconds: timeoutMilliseconds, out: &out)
-        let slot = allocate(Slot(tcb: tcb, handler: handler, remote: remote, localPort: localPort, timer: nil, inUse: true))
-        layer.register(ref(slot), remote: remote, localPort: localPort)
+        let (remote, localPort) = (slots[Int(slot)].remote, slots[Int(slot)].localPort)
+        slots[Int(slot)].tcb.connect(iss: layer.initialSequenceNumber(remote: remote, localPort: localPort),
+                                     now: layer.clock, timeoutMilliseconds: timeoutMilliseconds, out: &out)
         apply(slot, out, payload: nil)
-        return slot
     }
 
     @inlinable func segmentArrived(_ slot: UInt32, _ seg: TCPSegmentInfo, _ payload: UnsafeRawPointer?) {
@@ -165,25 +267,31 @@ import CHereticSys
         let before = slots[Int(slot)].tcb.sndUna
         slots[Int(slot)].tcb.segmentArrived(seg, now: layer.clock, out: &out)
         let advanced = slots[Int(slot)].tcb.sndUna - before
-        let wasAbove = queues[Int(slot)].pending >= TCPLayer.writableThreshold
         if advanced > 0 { acknowledged(slot, advanced) }
         apply(slot, out, payload: payload)
         guard slots[Int(slot)].inUse else { return }
         if queues[Int(slot)].hasStash { drainStash(slot) }
         guard slots[Int(slot)].inUse else { return }
         pump(slot)
-        if advanced > 0 && wasAbove && queues[Int(slot)].pending < TCPLayer.writableThreshold
-            && slots[Int(slot)].tcb.canSendData {
-            var c = connection(slot)
-            layer.callbackDepth += 1
-            slots[Int(slot)].handler.writable(&c)
-            layer.callbackDepth -= 1
+        if advanced > 0 && queues[Int(slot)].wantWritable && !queues[Int(slot)].capWaiting
+            && queues[Int(slot)].pending < queues[Int(slot)].writableMark(default: layer.sendBufferSize) {
+            tellWritable(slot)
         }
     }
 
-    @inlinable func fire(_ slot: UInt32) {
-        guard slots[Int(slot)].inUse else { return }
-        slots[Int(slot)].timer = nil
+    /// The handler may queue more: its queue drained, or memory came back under the cap.
+    @inlinable func tellWritable(_ slot: UInt32) {
+        queues[Int(slot)].wantWritable = false
+        guard slots[Int(slot)].tcb.canSendData else { return }
+        var c = connection(slot)
+        layer.callbackDepth += 1
+        slots[Int(slot)].handler.writable(&c)
+        layer.callbackDepth -= 1
+    }
+
+    @inlinable func fire(_ ref: UInt64) {
+        guard let slot = liveSlot(ref) else { return }
+        slots[Int(slot)].timer = .none
         var out = layer.takeActions()
         defer { layer.giveBack(&out) }
         let unsent = queues[Int(slot)].pending - slots[Int(slot)].tcb.bytesInFlight
@@ -196,24 +304,21 @@ import CHereticSys
     /// filled), acknowledging at once; keeps what still lies past a hole.
     @inlinable func drainStash(_ slot: UInt32) {
         let s = Int(slot), r = ref(slot)
-        guard var stash = layer.reassembly.removeValue(forKey: r) else {
+        guard var stash = layer.reassembly.take(r) else {
             queues[s].hasStash = false
             return
         }
-        layer.reassemblyBytes -= stash.bytes
-        var delivered = false, i = 0, consumed = 0
-        while i < stash.segments.count, slots[s].inUse {
+        var delivered = false
+        while let first = stash.ranges.first, slots[s].inUse {
             let rcvNxt = slots[s].tcb.rcvNxt
-            let (sequence, bytes) = stash.segments[i]
-            if sequence > rcvNxt { break }  // still behind a hole
-            i += 1
-            consumed += bytes.count
-            let skip = rcvNxt - sequence
-            guard bytes.count > skip else { continue }  // all of it came in order meanwhile
-            slots[s].tcb.reassembled(bytes.count - skip, now: layer.clock)
-            layer.reassembledCount += 1
+            if first.sequence > rcvNxt { break }  // still behind a hole
+            _ = stash.removeFirst()
+            let skip = rcvNxt - first.sequence
+            guard first.bytes.count > skip else { continue }  // all of it came in order meanwhile
+            slots[s].tcb.reassembled(first.bytes.count - skip, now: layer.clock)
+            layer.reassembly.deliveredCount += 1
             delivered = true
-            bytes.withUnsafeBytes { b in
+            first.bytes.withUnsafeBytes { b in
                 var c = connection(slot)
                 layer.callbackDepth += 1
                 slots[s].handler.received(UnsafeRawBufferPointer(rebasing: b[skip...]), &c)
@@ -221,33 +326,51 @@ import CHereticSys
             }
         }
         guard slots[s].inUse else { return }
-        stash.segments.removeFirst(i)
-        if stash.segments.isEmpty {
-            queues[s].hasStash = false
-        } else {
-            stash.bytes -= consumed
-            layer.reassemblyBytes += stash.bytes
-            layer.reassembly[r] = stash
-        }
+        queues[s].hasStash = !stash.ranges.isEmpty
+        layer.reassembly.putBack(r, stash)
         if delivered { emit(slot, slots[s].tcb.ackSegment(now: layer.clock), payload: nil) }
     }
 
     // MARK: The send path (typed, so a message goes out without erased calls)
 
-    /// Queues `bytes` (copied) and sends what the window allows. False when the connection
-    /// cannot send any more.
-    @inlinable func send(_ slot: UInt32, _ bytes: UnsafeRawBufferPointer) -> Bool {
+    /// Queues as much of `bytes` as the connection's send buffer (and the process-wide cap)
+    /// take, copied, and sends what the window allows. Returns the bytes taken: fewer than
+    /// given means the handler hears `writable` when there is room again; 0 also when the
+    /// connection cannot send any more.
+    @inlinable func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
+        guard let slot = liveSlot(ref) else { return 0 }
         let s = Int(slot)
-        guard slots[s].inUse else { return false }
         let state = slots[s].tcb.state
         guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
-              !queues[s].closeRequested else { return false }
-        if queues[s].bytes.capacity == 0, let spare = layer.spareBuffers.popLast() {
-            queues[s].bytes = spare
+              !queues[s].closeRequested else { return 0 }
+        let limit = queues[s].limit(default: layer.sendBufferSize)
+        var n = min(bytes.count, limit - queues[s].pending)
+        if n <= 0 {
+            queues[s].wantWritable = true
+            layer.sendBufferFullCount += 1
+            return 0
         }
-        queues[s].bytes.append(contentsOf: bytes)
+        let needed = queues[s].bytes.count + n
+        if needed > queues[s].bytes.capacity {
+            // The buffer must grow: charge the growth to the process-wide cap, or take only
+            // what fits in the buffer as it is.
+            if !layer.grow(&queues[s].bytes, to: needed) {
+                n = queues[s].bytes.capacity - queues[s].bytes.count
+                if !queues[s].capWaiting {
+                    queues[s].capWaiting = true
+                    layer.capWaiters.append(ref)
+                }
+            }
+        }
+        if n < bytes.count {
+            queues[s].wantWritable = true
+            layer.sendBufferFullCount += 1
+        }
+        guard n > 0 else { return 0 }
+        queues[s].bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[..<n]))
+        if queues[s].pending >= queues[s].writableMark(default: layer.sendBufferSize) { queues[s].wantWritable = true }
         pump(slot)
-        return true
+        return n
     }
 
     /// Sends queued data as the window allows; FIN once the queue has gone out.
@@ -292,10 +415,8 @@ import CHereticSys
         let acked = min(queues[s].bytes.count, queues[s].acked + count)
         if acked == queues[s].bytes.count {
             // Lazy IO: the connection gives its buffer up; the layer keeps a bounded few.
-            var drained: [UInt8] = []
-            swap(&drained, &queues[s].bytes)
             queues[s].acked = 0
-            layer.keepSpare(drained)
+            layer.release(&queues[s].bytes)
         } else if acked > 65_536 {
             queues[s].bytes.removeFirst(acked)
             queues[s].acked = 0
@@ -344,9 +465,16 @@ import CHereticSys
                 ackWanted = true
             case .acknowledgeDelayed:
                 ackDelayed = true
+            case .pawsRejected:
+                layer.pawsDrops += 1
+                if layer.mayChallenge() { ackWanted = true }
             case .challengeAck:
-                ackWanted = true
-                layer.challengeAckCount += 1
+                // RFC 5961 section 7: rate-limited, so that the answers cannot be used to
+                // probe for sequence numbers (or to make us flood).
+                if layer.mayChallenge() {
+                    ackWanted = true
+                    layer.challengeAckCount += 1
+                }
             case .send(let seg):
                 if seg.flags == .ack && seg.payloadLength == 0 && seg.sequence == slots[Int(slot)].tcb.sndUna - 1 {
                     layer.probeCount += 1  // a persist or keepalive probe
@@ -359,9 +487,10 @@ import CHereticSys
                 emitData(slot, seg)
             case .stash(let offset, let length, let sequence):
                 guard let p = payload else { continue }
-                if layer.stash(r, sequence, UnsafeRawBufferPointer(start: p + offset, count: length)) {
-                    queues[Int(slot)].hasStash = true
-                }
+                let tcb = slots[Int(slot)].tcb
+                queues[Int(slot)].hasStash = layer.reassembly.insert(
+                    r, at: sequence, UnsafeRawBufferPointer(start: p + offset, count: length),
+                    rcvNxt: tcb.rcvNxt, window: Int(tcb.rcvWnd))
             case .deliver(let offset, let length):
                 guard let p = payload else { continue }
                 var c = connection(slot)
@@ -385,6 +514,10 @@ import CHereticSys
             case .closed(let reason):
                 finish(slot, reason)
             case .startTimeWait(let ms):
+                guard !slots[Int(slot)].inTimeWait else {
+                    setTimer(slot, afterMilliseconds: ms)  // the peer's FIN again: 2 MSL start over
+                    continue
+                }
                 if !layer.enterTimeWait() {
                     // The TIME-WAIT table is full: forget this connection now (counted), but
                     // first acknowledge the peer's FIN, or it would retransmit it into a RST.
@@ -393,24 +526,24 @@ import CHereticSys
                     return
                 }
                 setTimer(slot, afterMilliseconds: ms)
-                if !slots[Int(slot)].inTimeWait {
-                    // For the application the connection is over: both FINs went by. Only the
-                    // stack keeps the 4-tuple, for stray segments.
-                    slots[Int(slot)].inTimeWait = true
-                    var handler = slots[Int(slot)].handler
-                    layer.callbackDepth += 1
-                    handler.closed(.normal)
-                    layer.callbackDepth -= 1
-                    slots[Int(slot)].handler = handler
-                }
+                // For the application the connection is over: both FINs went by. Only the
+                // stack keeps the 4-tuple, for stray segments.
+                slots[Int(slot)].inTimeWait = true
+                var handler = slots[Int(slot)].handler
+                layer.callbackDepth += 1
+                handler.closed(.normal)
+                layer.callbackDepth -= 1
+                slots[Int(slot)].handler = handler
             case .armRetransmit(let ms):
                 setTimer(slot, afterMilliseconds: ms)
             case .cancelRetransmit:
-                // A handler called earlier in this round may have set an idle timeout or
-                // keepalive (in `connected`, say) after the control block chose to cancel:
-                // the timer follows the settings as they are now.
-                if slots[Int(slot)].tcb.keepaliveSeconds != 0 || slots[Int(slot)].tcb.idleTimeoutSeconds != 0,
-                   let due = slots[Int(slot)].tcb.idleDeadline() {
+                // A handler called earlier in this round (in `connected`, say) may have sent
+                // data, started persist probing against a closed window, or set an idle
+                // timeout or keepalive after the control block chose to cancel: the timer
+                // follows the connection as it is now.
+                let tcb = slots[Int(slot)].tcb
+                if tcb.sndUna != tcb.sndNxt || tcb.persisting { continue }  // armed for that since
+                if let due = tcb.idleDeadline() {
                     setTimer(slot, afterMilliseconds: max(0, Int(Int32(bitPattern: due &- layer.clock))))
                 } else {
                     setTimer(slot, afterMilliseconds: nil)
@@ -420,10 +553,10 @@ import CHereticSys
     }
 
     /// (Re)arms the connection's one timer to fire after `ms` milliseconds (rounded up a
-    /// tick, so never early), or stops it (nil).
+    /// tick, so never early), or stops it (nil). On the layer's 64-bit clock: no wrap.
     @inlinable func setTimer(_ slot: UInt32, afterMilliseconds ms: Int?) {
-        if let t = slots[Int(slot)].timer { layer.timers.cancel(t) }
-        slots[Int(slot)].timer = ms.map { layer.timers.arm(at: UInt64(layer.clock) + UInt64($0) + 1, payload: ref(slot)) }
+        layer.timers.cancel(slots[Int(slot)].timer)
+        slots[Int(slot)].timer = ms.map { layer.timers.arm(at: layer.now &+ UInt64($0) &+ 1, payload: ref(slot)) } ?? .none
     }
 
     @inlinable func connection(_ slot: UInt32) -> TCPConnection {
@@ -432,13 +565,15 @@ import CHereticSys
 
     @inlinable func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
         let s = slots[Int(slot)]
-        if let t = s.timer { layer.timers.cancel(t) }
+        layer.timers.cancel(s.timer)
         if s.inTimeWait { layer.leaveTimeWait() }
         if s.halfOpen { halfOpen -= 1 }
         slots[Int(slot)].inUse = false
         slots[Int(slot)].inTimeWait = false
-        slots[Int(slot)].timer = nil
+        slots[Int(slot)].timer = .none
         layer.unregister(ref(slot), remote: s.remote, localPort: s.localPort)
+        layer.release(&queues[Int(slot)].bytes)
+        queues[Int(slot)].reset()
         free.append(slot)
         count -= 1
         if Int(slot) == slots.count - 1 && !trimWanted {
@@ -453,8 +588,8 @@ import CHereticSys
         layer.callbackDepth += 1
         handler.closed(reason)
         layer.callbackDepth -= 1
-        // Keep what the handler did (it may have let go of references); the slot cannot have
-        // been reused meanwhile, as connections opened in callbacks wait until they return.
+        // Keep what the handler did (it may have let go of references), unless a connection
+        // opened in the callback has taken the slot meanwhile.
         if !slots[Int(slot)].inUse { slots[Int(slot)].handler = handler }
     }
 

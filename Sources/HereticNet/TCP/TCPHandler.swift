@@ -9,8 +9,10 @@ public protocol TCPHandler {
     /// In-order bytes arrived. They point into the received packet: copy what must outlive
     /// the call.
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection)
-    /// Acknowledgements drained the send queue below `TCPLayer.writableThreshold`: room to
-    /// queue more (for streaming without holding everything at once).
+    /// There is room to send again: a send took less than it was given (the connection's
+    /// send buffer, or the process-wide cap, was full), or the queue had grown past half its
+    /// buffer, and it has drained below that (at most `TCPLayer.writableThreshold`). For
+    /// streaming without holding everything at once.
     mutating func writable(_ connection: inout TCPConnection)
     /// The peer will send no more (FIN).
     mutating func peerClosed(_ connection: inout TCPConnection)
@@ -61,9 +63,12 @@ public struct TCPConnection {
     @usableFromInline var kernel: KernelNetwork { unmanagedKernel.takeUnretainedValue() }
 
     /// Queues bytes for sending (copied: the caller's buffer is free on return) and sends
-    /// what the peer's window allows now. False when the connection cannot send any more.
+    /// what the peer's window allows now. Returns how many bytes were taken: all of them
+    /// unless the connection's send buffer (or the process-wide cap on send memory) is full,
+    /// in which case only what fits is taken and `writable` follows once there is room; 0
+    /// also when the connection cannot send any more (it is closing or closed).
     @discardableResult
-    @inlinable public func send(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    @inlinable public func send(_ bytes: UnsafeRawBufferPointer) -> Int {
         if onKernel { return unmanagedKernel._withUnsafeGuaranteedRef { $0.send(ref, bytes) } }
         return unmanagedLayer._withUnsafeGuaranteedRef { $0.send(ref, bytes) }
     }
@@ -77,6 +82,12 @@ public struct TCPConnection {
     /// Bytes queued and not yet acknowledged (on kernel sockets: not yet handed to the kernel).
     public var bytesQueued: Int { onKernel ? kernel.queued(ref) : layer.queued(ref) }
 
+    /// Whether the connection still takes data to send (open, and not closing).
+    public var canSend: Bool { onKernel ? kernel.canSend(ref) : layer.canSend(ref) }
+
+    /// Whether a send took less than it was given and `writable` has not followed yet.
+    public var isHeldBack: Bool { onKernel ? kernel.isHeldBack(ref) : layer.isHeldBack(ref) }
+
     /// Turns Nagle's algorithm off (true) or on (false, the default): with it off, small
     /// segments go out at once even while earlier data is unacknowledged.
     public func setNoDelay(_ noDelay: Bool) {
@@ -87,8 +98,19 @@ public struct TCPConnection {
     /// `seconds` (at most 75); nine unanswered probes close the connection as timed out.
     /// 0 turns it off (the default).
     public func setKeepalive(seconds: Int) {
-        if onKernel { kernel.setKeepalive(ref, seconds); return }
-        layer.setIdleSettings(ref) { $0.keepaliveSeconds = UInt16(clamping: max(0, seconds)) }
+        setKeepalive(seconds > 0 ? TCPKeepalive(idle: seconds, interval: min(seconds, 75)) : nil)
+    }
+
+    /// Keepalive with every setting (nil: off).
+    public func setKeepalive(_ keepalive: TCPKeepalive?) {
+        if onKernel { kernel.setKeepalive(ref, keepalive); return }
+        layer.setIdleSettings(ref) { $0.setKeepalive(keepalive) }
+    }
+
+    /// The most this connection's send queue holds (default: its engine's
+    /// `sendBufferSize`, 256 KiB); rounded up to whole KiB, at most 64 MiB. 0 restores the default.
+    public func setSendBufferSize(_ bytes: Int) {
+        if onKernel { kernel.setSendBufferSize(ref, bytes) } else { layer.setSendBufferSize(ref, bytes) }
     }
 
     /// Aborts the connection (RST, closed as `.idle`) after `seconds` without data either
@@ -105,4 +127,20 @@ public struct TCPConnection {
         if onKernel { kernel.setReceiveWindow(ref, bytes) } else { layer.setReceiveWindow(ref, bytes) }
     }
 
+}
+
+/// Keepalive (RFC 1122 4.2.3.6), as Linux's TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT:
+/// after `idle` seconds without a segment from the peer, a probe every `interval` seconds;
+/// `count` unanswered probes close the connection as timed out.
+public struct TCPKeepalive: Sendable, Equatable {
+    public var idle: Int
+    public var interval: Int
+    public var count: Int
+
+    /// `idle` at most 65,535 s, `interval` at most 255 s, `count` at most 255.
+    public init(idle: Int, interval: Int = 75, count: Int = 9) {
+        self.idle = min(max(1, idle), Int(UInt16.max))
+        self.interval = min(max(1, interval), Int(UInt8.max))
+        self.count = min(max(1, count), Int(UInt8.max))
+    }
 }

@@ -2,6 +2,12 @@ import HereticCore
 import CHereticSys
 
 /// The TCP of one interface: connections, listeners, timers and the segments between them.
+///
+/// Everything a peer can make it hold is bounded, and each bound is counted when it bites:
+/// connections per listener half-open (`backlog`, then SYN cookies), TIME-WAIT entries
+/// (`timeWaitLimit`), out-of-order data (`reassembly`'s budgets), send queues (each
+/// connection's `sendBufferSize`, and the process-wide `SendMemory` cap), challenge ACKs
+/// (`challengeAckLimit` a second).
 public final class TCPLayer {
     /// The interface owns the layer; held unretained so that calls into it cost no
     /// reference counting.
@@ -15,17 +21,27 @@ public final class TCPLayer {
     @exclusivity(unchecked) var table = ConnectionTable()
     @usableFromInline @exclusivity(unchecked) var timers = TimerWheel()
     @exclusivity(unchecked) var expired: [UInt64] = []
-    @usableFromInline @exclusivity(unchecked) var nextEphemeral: UInt16 = 49_152
-    /// Milliseconds, from the interface's poll.
+    /// Milliseconds, from the interface's poll: `now` in full (timers are armed on it, so
+    /// nothing wraps), and `clock`, the 32 bits the control blocks keep (compared modulo
+    /// 2^32), counted from the layer's first tick. So the timestamps a connection sends start
+    /// near 0 and only grow, even for one opened before the first tick (whose clock reads 0),
+    /// whatever the host's clock reads: a peer's PAWS never sees them go back.
+    @usableFromInline @exclusivity(unchecked) var now: UInt64 = 0
     @usableFromInline @exclusivity(unchecked) var clock: UInt32 = 0
-    /// RFC 6528's secret: a random key per layer.
+    @exclusivity(unchecked) var epoch: UInt64?
+    /// RFC 6528's secret: a random key per layer (also keys RFC 6056's port choice).
     let secret: UInt64 = UInt64.random(in: 0...UInt64.max)
+    /// The MSS this layer announces and the most any connection sends: what the device's MTU
+    /// carries after the IPv4 and TCP headers, and what a packet buffer holds.
+    public let maximumSegmentSize: UInt16
     public private(set) var resetsSent = 0
     /// Connections in TIME-WAIT now, the most there may be, and those closed at once because
     /// the table was full.
     public private(set) var timeWaitCount = 0
     public var timeWaitLimit = 16_384
     public private(set) var timeWaitOverflows = 0
+    /// Connections that have entered TIME-WAIT since the layer began.
+    public private(set) var timeWaitEntered = 0
     /// SYNs dropped because their listener's backlog of half-open connections was full (and
     /// SYN cookies were off).
     public private(set) var synBacklogDrops = 0
@@ -33,9 +49,9 @@ public final class TCPLayer {
     /// the connection's parameters encoded in our ISN; the returning ACK creates it.
     public var synCookies = true
     public internal(set) var synCookiesSent = 0
-    public private(set) var synCookiesValidated = 0
+    public internal(set) var synCookiesValidated = 0
     /// ACKs that looked like cookie answers and were not (answered with RST).
-    public private(set) var synCookiesRejected = 0
+    public internal(set) var synCookiesRejected = 0
     /// Delayed ACK (RFC 9293 3.8.6.3): how long an ACK for in-order data may wait for a
     /// reply to carry it.
     public var delayedAckMilliseconds: UInt32 = 40
@@ -49,21 +65,75 @@ public final class TCPLayer {
     /// to ACKs outside what was sent): signs of blind injection attempts.
     public var challengeAcks: Int { challengeAckCount }
     @usableFromInline @exclusivity(unchecked) var challengeAckCount = 0
+    /// At most about this many challenge ACKs (and PAWS answers) go out a second; the rest
+    /// are counted in `challengeAcksSuppressed`. As in Linux, each second's allowance is drawn
+    /// at random between half and one and a half times the limit, so the count cannot serve
+    /// as a side channel (CVE-2016-5696).
+    public var challengeAckLimit = 1000
+    public private(set) var challengeAcksSuppressed = 0
+    @exclusivity(unchecked) var challengeSecond: UInt64 = .max
+    @exclusivity(unchecked) var challengeAllowance = 0
+    /// Segments dropped by PAWS (RFC 7323): timestamps older than the connection's last.
+    @usableFromInline @exclusivity(unchecked) var pawsDrops = 0
     /// Persist (zero-window) and keepalive probes sent.
     public var windowProbes: Int { probeCount }
     @usableFromInline @exclusivity(unchecked) var retransmitCount = 0
     @usableFromInline @exclusivity(unchecked) var probeCount = 0
     /// TIME-WAIT connections given up to let a new outgoing connection use their port.
     public private(set) var timeWaitRecycled = 0
-    /// Handler callbacks running now; connections opened inside one wait until it returns.
+    /// Connections refused because an arena had no slot left (2^28 per handler type).
+    @usableFromInline @exclusivity(unchecked) var arenaFullDrops = 0
+    /// ICMP "fragmentation needed" that lowered a connection's MSS, and ICMP errors ignored
+    /// (no such connection, a sequence number it never sent, an implausible MTU).
+    public internal(set) var pathMTUUpdates = 0
+    public internal(set) var icmpErrorsIgnored = 0
+    /// Handler callbacks running now; connections opened inside one send their SYN once it
+    /// has returned.
     @usableFromInline @exclusivity(unchecked) var callbackDepth = 0
-    @usableFromInline @exclusivity(unchecked) var deferred: [() -> Void] = []
-    @usableFromInline @exclusivity(unchecked) var deferredSpare: [() -> Void] = []
-    /// Drained send-queue buffers kept for reuse: idle connections own none, busy ones stop
-    /// going to malloc for every message.
+    @usableFromInline @exclusivity(unchecked) var deferredConnects: [(ref: UInt64, timeout: Int?)] = []
+
+    // MARK: Send queues
+
+    /// The most a connection's send queue holds, unless set per connection
+    /// (`TCPConnection.setSendBufferSize`): a send beyond it takes what fits.
+    public var sendBufferSize = 256 << 10
+    /// Sends that took less than asked (the connection's buffer or the process-wide cap).
+    public var sendBufferFull: Int { sendBufferFullCount }
+    @usableFromInline @exclusivity(unchecked) var sendBufferFullCount = 0
+    /// The process-wide cap this layer's queues are charged to, and its account there.
+    @usableFromInline @exclusivity(unchecked) var sendCredit: SendCredit
+    /// Sends refused by the process-wide cap.
+    public var sendCapRefusals: Int { sendCredit.refusals }
+    /// Bytes this layer's send queues and spare buffers hold.
+    public var sendBufferBytes: Int { sendCredit.held }
+    /// Connections refused by the cap, told `writable` once memory is back under it.
+    @usableFromInline @exclusivity(unchecked) var capWaiters: [UInt64] = []
+    /// Drained send-queue buffers kept for reuse (charged to the cap while kept): idle
+    /// connections own none, busy ones stop going to malloc for every message.
     @usableFromInline @exclusivity(unchecked) var spareBuffers: [[UInt8]] = []
-    @usableFromInline static let spareBufferLimit = 1024
+    @usableFromInline static let spareBufferLimit = 256
     @usableFromInline static let spareBufferMaxCapacity = 65_536
+
+    // MARK: Out-of-order data
+
+    @usableFromInline @exclusivity(unchecked) var reassembly = ReassemblyStore()
+    /// Bytes of out-of-order data held now, by every connection (capacities and bookkeeping).
+    public var reassemblyBytes: Int { reassembly.held }
+    /// The most out-of-order bytes the layer holds for all its connections together; each
+    /// connection also holds at most `reassemblyLimitPerConnection` and its receive window.
+    public var reassemblyLimit: Int {
+        get { reassembly.limit }
+        set { reassembly.limit = newValue }
+    }
+    public var reassemblyLimitPerConnection: Int {
+        get { reassembly.perConnectionLimit }
+        set { reassembly.perConnectionLimit = newValue }
+    }
+    /// Pieces kept past a hole and later delivered; pieces dropped for a budget; bytes that
+    /// arrived again while held.
+    public var reassembledSegments: Int { reassembly.deliveredCount }
+    public var reassemblyDrops: Int { reassembly.drops }
+    public var reassemblyDuplicateBytes: Int { reassembly.duplicateBytes }
 
     /// Action arrays reused across calls (each nested call takes its own), so handling a
     /// segment allocates none.
@@ -103,21 +173,40 @@ public final class TCPLayer {
 
     /// Work for the next tick (refusals), run once per tick.
     @usableFromInline @exclusivity(unchecked) var nextTick: [() -> Void] = []
-    @exclusivity(unchecked) var lastHeapTrim: UInt32 = 0
+    @exclusivity(unchecked) var lastHeapTrim: UInt64 = 0
     /// Segments built, for ACK coalescing (any segment carries the current ACK).
     @usableFromInline @exclusivity(unchecked) var segmentsSent = 0
+    /// RFC 6056 (algorithm 4): per-bucket counters that move each destination's next port.
+    @exclusivity(unchecked) var portBuckets = [UInt16](repeating: 0, count: 256)
 
-    init(interface: Interface) { unmanagedInterface = Unmanaged.passUnretained(interface) }
+    init(interface: Interface, sendMemory: SendMemory = .shared) {
+        unmanagedInterface = Unmanaged.passUnretained(interface)
+        sendCredit = SendCredit(sendMemory)
+        let carried = interface.device.mtu - IPv4Packet.minimumHeaderLength - TCPSegment.minimumHeaderLength
+        maximumSegmentSize = UInt16(clamping: max(TCB.minimumMSS, min(carried, Self.bufferPayloadLimit)))
+    }
 
-    deinit { timers.release() }
+    /// The most TCP payload a packet buffer holds: after its headroom (and the 256 bytes an
+    /// AF_XDP device keeps before a received frame), Ethernet, IPv4 and the largest TCP header.
+    static let bufferPayloadLimit = PacketPool.bufferSize - 256 - 14 - 20 - 60
+
+    deinit {
+        timers.release()
+        for b in spareBuffers { sendCredit.refund(b.capacity) }
+        spareBuffers.removeAll()
+        sendCredit.close()
+    }
 
     /// Lets go of every arena (they hold the layer): called when the interface goes.
     func tearDown() {
+        for a in arenas {
+            for i in a.queues.indices where a.queues[i].bytes.capacity > 0 { release(&a.queues[i].bytes) }
+        }
         arenas.removeAll()
         listeners.removeAll()
         connectArenas.removeAll()
         trimWanted.removeAll()
-        deferred.removeAll()
+        deferredConnects.removeAll()
         nextTick.removeAll()
     }
 
@@ -125,9 +214,8 @@ public final class TCPLayer {
     /// operations that start traffic on many connections at once.
     public func forEachConnection(_ body: (TCPConnection) -> Void) {
         for a in arenas {
-            for slot in a.established() {
-                let ref = UInt64(a.index) << 32 | UInt64(slot)
-                let (remote, localPort) = a.endpoints(slot)
+            for ref in a.established() {
+                let (remote, localPort) = a.endpoints(ConnectionRef.slot(ref))
                 body(TCPConnection(layer: self, ref: ref, remote: remote, localPort: localPort))
             }
         }
@@ -137,53 +225,85 @@ public final class TCPLayer {
     /// Connections alive (any state but CLOSED).
     public var connectionCount: Int { arenas.reduce(0) { $0 + $1.live() } }
 
+    /// Connections in TIME-WAIT, counted by looking at every slot (`timeWaitCount` is kept as
+    /// they come and go; the two agree unless the bookkeeping is wrong).
+    public var timeWaitSlots: Int { arenas.reduce(0) { $0 + $1.timeWaitSlots() } }
+
     @usableFromInline func enterTimeWait() -> Bool {
         guard timeWaitCount < timeWaitLimit else { timeWaitOverflows += 1; return false }
         timeWaitCount += 1
+        timeWaitEntered += 1
         return true
     }
 
     @usableFromInline func leaveTimeWait() { timeWaitCount -= 1 }
 
-    /// Runs connects deferred by callbacks, once no callback is running.
+    /// Whether a challenge ACK may go out now (RFC 5961 section 7's rate limit).
+    @usableFromInline func mayChallenge() -> Bool {
+        let second = now / 1000
+        if second != challengeSecond {
+            challengeSecond = second
+            let limit = max(1, challengeAckLimit)
+            challengeAllowance = limit / 2 + Int.random(in: 0..<limit)
+        }
+        guard challengeAllowance > 0 else {
+            challengeAcksSuppressed += 1
+            return false
+        }
+        challengeAllowance -= 1
+        return true
+    }
+
+    /// Sends the SYNs of connections opened inside callbacks, once no callback is running.
     @usableFromInline func runDeferred() {
-        guard callbackDepth == 0, !deferred.isEmpty else { return }
-        while !deferred.isEmpty {
-            // Two arrays trade places, so a connect per callback allocates no array.
-            var work = deferredSpare
-            deferredSpare = []
-            swap(&work, &deferred)
-            for w in work { w() }
-            work.removeAll(keepingCapacity: true)
-            deferredSpare = work
+        guard callbackDepth == 0, !deferredConnects.isEmpty else { return }
+        var i = 0
+        while i < deferredConnects.count {
+            let (ref, timeout) = deferredConnects[i]
+            i += 1
+            if holds(ref) { arena(ref).startConnect(ref, timeout) }
+        }
+        deferredConnects.removeAll(keepingCapacity: deferredConnects.capacity <= 4096)
+    }
+
+    /// Tells `handler` its connection was refused, on the next tick (an application that
+    /// retries at once cannot spin the loop).
+    @usableFromInline func refuseLater<H: TCPHandler>(_ handler: H) {
+        nextTick.append {
+            var h = handler
+            h.closed(.refused)
         }
     }
 
     static let ephemeralRange = 49_152...UInt16.max
-    /// A send queue that drains below this many bytes makes its handler `writable`.
+    /// A send queue that drains below this many bytes (or half its limit, if smaller) makes
+    /// a held-back handler `writable`.
     public static let writableThreshold = 65_536
 
-    /// A local port for a connection to `remote`: the next free one in the ephemeral range
-    /// (RFC 6056's sequential choice); if every one is taken, one whose connection waits in
+    /// A local port for a connection to `remote`, by RFC 6056's double-hash algorithm: each
+    /// destination starts at its own keyed offset, so ports are neither predictable nor shared
+    /// in sequence across destinations. If every port is taken, one whose connection waits in
     /// TIME-WAIT is recycled; nil when all are live connections.
     @usableFromInline func ephemeralPort(for remote: TCPEndpoint) -> UInt16? {
-        func next(_ p: UInt16) -> UInt16 { p == Self.ephemeralRange.upperBound ? Self.ephemeralRange.lowerBound : p + 1 }
-        var port = nextEphemeral
+        var h = Hasher()
+        h.combine(secret)
+        h.combine(remote.address.raw)
+        h.combine(remote.port)
+        let hash = UInt64(bitPattern: Int64(h.finalize()))
+        let count = Self.ephemeralRange.count
+        let offset = Int(hash % UInt64(count)), bucket = Int(hash >> 56)
         var recyclable: UInt16?
-        for _ in 0..<Self.ephemeralRange.count {
+        for _ in 0..<count {
+            let port = UInt16(Int(Self.ephemeralRange.lowerBound) + (offset + Int(portBuckets[bucket])) % count)
+            portBuckets[bucket] &+= 1
             if listeners[port] == nil {
-                guard let ref = table[Self.key(remote, port)] else {
-                    nextEphemeral = next(port)
-                    return port
-                }
-                if recyclable == nil && arena(ref).isTimeWait(UInt32(truncatingIfNeeded: ref)) { recyclable = port }
+                guard let ref = table[Self.key(remote, port)] else { return port }
+                if recyclable == nil && arena(ref).isTimeWait(ConnectionRef.slot(ref)) { recyclable = port }
             }
-            port = next(port)
         }
         guard let reuse = recyclable, let ref = table[Self.key(remote, reuse)] else { return nil }
         timeWaitRecycled += 1
-        _ = arena(ref).yieldTimeWait(UInt32(truncatingIfNeeded: ref), nil)
-        nextEphemeral = next(reuse)
+        _ = arena(ref).yieldTimeWait(ConnectionRef.slot(ref), nil)
         return reuse
     }
 
@@ -198,54 +318,52 @@ public final class TCPLayer {
     @usableFromInline func unregister(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
         let k = Self.key(remote, localPort)
         if table[k] == ref { table[k] = nil }
-        let a = arena(ref), slot = Int(UInt32(truncatingIfNeeded: ref))
-        if a.queues[slot].hasStash, let stash = reassembly.removeValue(forKey: ref) {
-            reassemblyBytes -= stash.bytes
-        }
-        a.queues[slot].reset()
+        reassembly.remove(ref)
     }
 
-    // MARK: Reassembly
+    // MARK: Send buffers
 
-    /// Out-of-order data of one connection, in sequence order (overlaps are trimmed when
-    /// delivered). Exists only while a connection has a hole: lazy, like the send queues.
-    @usableFromInline struct Reassembly {
-        @usableFromInline var segments: [(sequence: SequenceNumber, bytes: [UInt8])] = []
-        @usableFromInline var bytes = 0
-        @usableFromInline init() {}
-    }
-
-    /// Connections with data past a hole (few at a time: holes are rare and short-lived).
-    @usableFromInline @exclusivity(unchecked) var reassembly: [UInt64: Reassembly] = [:]
-    @usableFromInline @exclusivity(unchecked) var reassemblyBytes = 0
-    /// The most out-of-order bytes the layer holds for all its connections together (each is
-    /// also bounded by its receive window); beyond it, segments are dropped and counted, and
-    /// the peer sends them again.
-    public var reassemblyLimit = 64 << 20
-    /// Segments kept past a hole and later delivered; segments dropped for the limit.
-    public var reassembledSegments: Int { reassembledCount }
-    @usableFromInline @exclusivity(unchecked) var reassembledCount = 0
-    public private(set) var reassemblyDrops = 0
-
-    /// Keeps a copy of out-of-order `data` at `sequence`; false when over the limit.
-    @usableFromInline func stash(_ ref: UInt64, _ sequence: SequenceNumber, _ data: UnsafeRawBufferPointer) -> Bool {
-        guard reassemblyBytes + data.count <= reassemblyLimit else {
-            reassemblyDrops += 1
-            return false
-        }
-        var r = reassembly.removeValue(forKey: ref) ?? Reassembly()
-        // In sequence order; a segment already held at the same place (a duplicate) is kept.
-        var i = r.segments.count
-        while i > 0 && r.segments[i - 1].sequence > sequence { i -= 1 }
-        if i > 0 && r.segments[i - 1].sequence == sequence && r.segments[i - 1].bytes.count >= data.count {
-            reassembly[ref] = r
+    /// Grows a send queue's buffer to hold `needed` bytes, charging the growth to the
+    /// process-wide cap; false (unchanged) when the cap refuses it.
+    @usableFromInline func grow(_ bytes: inout [UInt8], to needed: Int) -> Bool {
+        let old = bytes.capacity
+        if old == 0, let spare = spareBuffers.last, spare.capacity >= needed {
+            bytes = spareBuffers.removeLast()  // already charged
             return true
         }
-        r.segments.insert((sequence, Array(data)), at: i)
-        r.bytes += data.count
-        reassemblyBytes += data.count
-        reassembly[ref] = r
+        let target = max(needed, 2 * old, 2048)
+        guard sendCredit.charge(target - old) else { return false }
+        bytes.reserveCapacity(target)
+        let got = bytes.capacity
+        if got > target { sendCredit.forceCharge(got - target) }
+        if got < target { sendCredit.refund(target - got) }
         return true
+    }
+
+    /// Takes a drained queue's buffer: kept as a spare (a bounded few) or freed, its memory
+    /// given back to the cap.
+    @usableFromInline func release(_ bytes: inout [UInt8]) {
+        var drained: [UInt8] = []
+        swap(&drained, &bytes)
+        let capacity = drained.capacity
+        guard capacity > 0 else { return }
+        if spareBuffers.count < Self.spareBufferLimit && capacity <= Self.spareBufferMaxCapacity {
+            drained.removeAll(keepingCapacity: true)
+            spareBuffers.append(drained)  // moved in: no retain
+        } else {
+            sendCredit.refund(capacity)
+        }
+    }
+
+    /// Tells connections the cap refused that memory is back under it.
+    func wakeCapWaiters() {
+        guard sendCredit.memory.belowResumeMark else { return }
+        let waiting = capWaiters
+        capWaiters.removeAll()
+        callbackDepth += 1
+        for ref in waiting where holds(ref) { arena(ref).notifyWritable(ref) }
+        callbackDepth -= 1
+        runDeferred()
     }
 
     /// RFC 6528: ISN = M + F(4-tuple, secret), M a 4-microsecond clock.
@@ -257,85 +375,74 @@ public final class TCPLayer {
         h.combine(remote.address.raw)
         h.combine(remote.port)
         let f = UInt32(truncatingIfNeeded: h.finalize())
-        return SequenceNumber(f &+ clock &* 250)
+        return SequenceNumber(f &+ UInt32(truncatingIfNeeded: now &* 250))
     }
 
-    @usableFromInline func arena(_ ref: UInt64) -> AnyTCPArena { arenas[Int(ref >> 32)] }
+    @usableFromInline func arena(_ ref: UInt64) -> AnyTCPArena { arenas[ConnectionRef.arena(ref)] }
 
-    /// Whether `ref` still names a connection (calls through a `TCPConnection` kept past its
-    /// connection's end are ignored instead of touching freed or trimmed slots).
-    @usableFromInline func isLive(_ ref: UInt64) -> Bool {
-        holds(ref) && arena(ref).state(UInt32(truncatingIfNeeded: ref)) != .closed
-    }
+    /// Whether `ref` still names an open connection: references kept past their
+    /// connection's end are ignored instead of touching freed, trimmed or reused slots.
+    @usableFromInline func isLive(_ ref: UInt64) -> Bool { holds(ref) && arena(ref).isLive(ref) }
 
-    /// Whether `ref`'s slot exists (it may be free: its state then reads closed).
-    @usableFromInline func holds(_ ref: UInt64) -> Bool {
-        let a = Int(ref >> 32)
-        return a < arenas.count && Int(UInt32(truncatingIfNeeded: ref)) < arenas[a].queues.count
-    }
+    /// Whether `ref`'s arena exists (its slot may be gone or reused: see `isLive`).
+    @usableFromInline func holds(_ ref: UInt64) -> Bool { ConnectionRef.arena(ref) < arenas.count }
 
     // MARK: API
 
     /// Accepts connections on `port`; each gets a handler from `makeHandler`.
     @inlinable func listen<H: TCPHandler>(port: UInt16, backlog: Int, receiveWindow: Int = 65_535,
+                                          keepalive: TCPKeepalive? = nil,
                                           makeHandler: @escaping () -> H) throws(NetError) {
         guard listeners[port] == nil else { throw .addressInUse(port) }
+        guard port != 0 else { throw .device("cannot listen on TCP port 0") }
+        guard arenas.count < ConnectionRef.maxArenas else { throw .device("more than \(ConnectionRef.maxArenas) TCP handler arenas") }
         let a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: makeHandler)
         a.backlog = max(1, backlog)
         a.receiveWindow = UInt32(clamping: max(0, receiveWindow))
+        a.keepalive = keepalive
         arenas.append(a)
         listeners[port] = a
     }
 
-    /// Opens a connection to `remote` with `handler`; returns the local port used. With a
-    /// timeout, an attempt still unanswered then closes as `.timedOut`.
+    /// Opens a connection to `remote` with `handler`; returns the local port used and the
+    /// connection's reference (0 and 0 when no port or slot was free: the handler then hears
+    /// `closed(.refused)` on the next tick). With a timeout, an attempt still unanswered then
+    /// closes as `.timedOut`.
     @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, receiveWindow: Int = 65_535,
-                                           handler: H) -> UInt16 {
+                                           handler: H) -> (port: UInt16, ref: UInt64) {
         let window = UInt32(clamping: max(0, receiveWindow))
         guard let port = ephemeralPort(for: remote) else {
-            // Every local port to this peer is a live connection: refused, told on the next
-            // tick (an application that retries at once cannot spin the loop).
-            nextTick.append {
-                var h = handler
-                h.closed(.refused)
-            }
-            return 0
+            // Every local port to this peer is a live connection.
+            refuseLater(handler)
+            return (0, 0)
         }
-        if callbackDepth > 0 {
-            // Inside a handler callback: open it once the callback has returned.
-            deferred.append { [unowned(unsafe) self] in
-                self.open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, receiveWindow: window, handler: handler)
-            }
-            return port
-        }
-        open(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, receiveWindow: window, handler: handler)
-        return port
-    }
-
-    @inlinable func open<H: TCPHandler>(to remote: TCPEndpoint, localPort port: UInt16, timeoutMilliseconds: Int?,
-                                        receiveWindow: UInt32, handler: H) {
         let a: TCPArena<H>
         if let existing = connectArenas[ObjectIdentifier(H.self)] {
             a = unsafeDowncast(existing, to: TCPArena<H>.self)
         } else {
+            guard arenas.count < ConnectionRef.maxArenas else {
+                refuseLater(handler)
+                return (0, 0)
+            }
             a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: nil)
             arenas.append(a)
             connectArenas[ObjectIdentifier(H.self)] = a
         }
-        _ = a.connect(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, receiveWindow: receiveWindow,
-                      handler: handler)
+        let ref = a.connect(to: remote, localPort: port, timeoutMilliseconds: timeoutMilliseconds, receiveWindow: window,
+                            handler: handler)
+        return ref == 0 ? (0, 0) : (port, ref)
     }
 
-    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Bool {
-        guard holds(ref) else { return false }  // (a freed slot is not in use: refused there)
-        return Unmanaged.passUnretained(arenas[Int(ref >> 32)])._withUnsafeGuaranteedRef {
-            $0.sendBytes(UInt32(truncatingIfNeeded: ref), bytes)
+    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
+        guard holds(ref) else { return 0 }
+        return Unmanaged.passUnretained(arenas[ConnectionRef.arena(ref)])._withUnsafeGuaranteedRef {
+            $0.sendBytes(ref, bytes)
         }
     }
 
     @usableFromInline func close(_ ref: UInt64) {
         guard isLive(ref) else { return }
-        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        let a = arena(ref), slot = ConnectionRef.slot(ref)
         if a.queues[Int(slot)].pending > 0 {
             a.queues[Int(slot)].closeRequested = true
             pump(ref)
@@ -351,22 +458,28 @@ public final class TCPLayer {
         guard isLive(ref) else { return }
         var out = takeActions()
         defer { giveBack(&out) }
-        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        let a = arena(ref), slot = ConnectionRef.slot(ref)
         a.run(slot) { $0.abort(out: &out) }
         a.applyErased(slot, out)
     }
 
     @usableFromInline func setNoDelay(_ ref: UInt64, _ noDelay: Bool) {
         guard isLive(ref) else { return }
-        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].noDelay = noDelay
+        arena(ref).queues[Int(ConnectionRef.slot(ref))].noDelay = noDelay
         if noDelay { pump(ref) }
+    }
+
+    @usableFromInline func setSendBufferSize(_ ref: UInt64, _ bytes: Int) {
+        guard isLive(ref) else { return }
+        let kib = bytes <= 0 ? 0 : max(1, min(Int(UInt16.max), (bytes + 1023) >> 10))
+        arena(ref).queues[Int(ConnectionRef.slot(ref))].limitKiB = UInt16(kib)
     }
 
     @usableFromInline func setIdleSettings(_ ref: UInt64, _ change: (inout TCB) -> Void) {
         guard isLive(ref) else { return }
         var out = takeActions()
         defer { giveBack(&out) }
-        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        let a = arena(ref), slot = ConnectionRef.slot(ref)
         a.run(slot) { tcb in
             change(&tcb)
             tcb.idleSettingsChanged(now: clock, out: &out)
@@ -376,14 +489,15 @@ public final class TCPLayer {
 
     @usableFromInline func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
         guard isLive(ref) else { return }
-        let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
+        let a = arena(ref), slot = ConnectionRef.slot(ref)
+        let mss = UInt32(maximumSegmentSize)
         var update: TCPSegmentInfo?
         a.run(slot) { tcb in
             let old = tcb.rcvWnd
             tcb.rcvWnd = UInt32(clamping: max(0, bytes))
             // Receiver-side silly window avoidance (RFC 1122 4.2.3.3): announce only a window
             // that opened from (almost) closed or by a full segment.
-            if tcb.rcvWnd > old, old < UInt32(TCB.ourMSS) || tcb.rcvWnd - old >= UInt32(TCB.ourMSS),
+            if tcb.rcvWnd > old, old < mss || tcb.rcvWnd - old >= mss,
                tcb.state == .established || tcb.state == .finWait1 || tcb.state == .finWait2 {
                 update = tcb.ackSegment(now: clock)
             }
@@ -393,7 +507,7 @@ public final class TCPLayer {
 
     /// Marks the connection as owing an ACK, sent when due unless a segment carries it first.
     @usableFromInline func delayAck(_ ref: UInt64) {
-        arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].ackOwed = true
+        arena(ref).queues[Int(ConnectionRef.slot(ref))].ackOwed = true
         delayedAcks.append((ref, clock &+ delayedAckMilliseconds))
     }
 
@@ -403,9 +517,10 @@ public final class TCPLayer {
             let (ref, due) = delayedAcks[delayedHead]
             guard Int32(bitPattern: clock &- due) >= 0 else { break }
             delayedHead += 1
-            let a = arena(ref), slot = UInt32(truncatingIfNeeded: ref)
-            // Carried already, or the connection is gone (its slot maybe trimmed away).
-            guard Int(slot) < a.queues.count, a.queues[Int(slot)].ackOwed else { continue }
+            // Carried already, or the connection is gone (its slot maybe trimmed or reused).
+            guard isLive(ref) else { continue }
+            let a = arena(ref), slot = ConnectionRef.slot(ref)
+            guard a.queues[Int(slot)].ackOwed else { continue }
             var ack: TCPSegmentInfo?
             a.run(slot) { ack = $0.ackSegment(now: clock) }
             if let ack {
@@ -422,52 +537,64 @@ public final class TCPLayer {
         }
     }
 
+    @usableFromInline func canSend(_ ref: UInt64) -> Bool {
+        guard isLive(ref) else { return false }
+        let a = arena(ref), slot = ConnectionRef.slot(ref)
+        let state = a.state(slot)
+        return (state == .established || state == .closeWait || state == .synSent || state == .synReceived)
+            && !a.queues[Int(slot)].closeRequested
+    }
+
+    @usableFromInline func isHeldBack(_ ref: UInt64) -> Bool {
+        isLive(ref) && arena(ref).queues[Int(ConnectionRef.slot(ref))].wantWritable
+    }
+
     @usableFromInline func queued(_ ref: UInt64) -> Int {
         guard isLive(ref) else { return 0 }
-        return arena(ref).queues[Int(UInt32(truncatingIfNeeded: ref))].pending
+        return arena(ref).queues[Int(ConnectionRef.slot(ref))].pending
     }
 
     /// Sends queued data as the window allows; FIN once the queue has gone out.
     @usableFromInline func pump(_ ref: UInt64) {
-        arena(ref).pumpSlot(UInt32(truncatingIfNeeded: ref))
-    }
-
-    /// Keeps a drained send buffer for reuse (a bounded few; idle connections own none).
-    @usableFromInline func keepSpare(_ drained: consuming [UInt8]) {
-        guard spareBuffers.count < Self.spareBufferLimit && drained.capacity <= Self.spareBufferMaxCapacity else { return }
-        drained.removeAll(keepingCapacity: true)
-        spareBuffers.append(drained)  // moved in: no retain
+        arena(ref).pumpSlot(ConnectionRef.slot(ref))
     }
 
     // MARK: Segments
 
-    /// A TCP segment for this interface (checksum already verified).
+    /// A TCP segment for this interface (checksum verified; source and ports not martian).
     func segmentArrived(_ tcp: TCPSegment, source: IPv4Address) {
-        let options: TCPOptions
+        var options: TCPOptions
         do { options = try tcp.options() } catch {
             interface.counters.tcpErrors += 1
             return
         }
+        let flags = tcp.flags
+        if flags.contains(.syn) {
+            // The peer's MSS, capped to what this interface carries (RFC 9293 3.7.1: 536
+            // when it names none).
+            options.maximumSegmentSize = min(options.maximumSegmentSize ?? 536, maximumSegmentSize)
+        }
         let seg = TCPSegmentInfo(sequence: SequenceNumber(tcp.sequenceNumber),
-                                 acknowledgment: SequenceNumber(tcp.acknowledgmentNumber), flags: tcp.flags,
+                                 acknowledgment: SequenceNumber(tcp.acknowledgmentNumber), flags: flags,
                                  window: tcp.window, options: options, payloadLength: tcp.payloadLength)
         let remote = TCPEndpoint(source, tcp.sourcePort)
         defer { runDeferred() }
         if let ref = table[Self.key(remote, tcp.destinationPort)] {
             // RFC 1122 4.2.2.13: a new SYN beyond the old connection's sequence space may
             // reopen a 4-tuple that waits in TIME-WAIT.
-            let isNewSYN = seg.flags.contains(.syn) && !seg.flags.contains(.ack) && !seg.flags.contains(.rst)
-            if !(isNewSYN && arena(ref).yieldTimeWait(UInt32(truncatingIfNeeded: ref), seg.sequence)) {
-                arena(ref).arrived(UInt32(truncatingIfNeeded: ref), seg, UnsafeRawPointer(tcp.payload))
+            let isNewSYN = flags.contains(.syn) && !flags.contains(.ack) && !flags.contains(.rst)
+            if !(isNewSYN && arena(ref).yieldTimeWait(ConnectionRef.slot(ref), seg.sequence)) {
+                arena(ref).arrived(ConnectionRef.slot(ref), seg, UnsafeRawPointer(tcp.payload))
                 return
             }
         }
-        if let listener = listeners[tcp.destinationPort], !seg.flags.contains(.rst) {
-            if seg.flags.contains(.syn) && !seg.flags.contains(.ack) {
+        if let listener = listeners[tcp.destinationPort], !flags.contains(.rst) {
+            if flags.contains(.syn) && !flags.contains(.ack) {
                 guard listener.halfOpen < listener.backlog else {
                     // The backlog is full (a SYN flood, or a slow peer population): answer
                     // statelessly with a cookie, or drop and count. Legitimate peers retry.
                     if synCookies {
+                        listener.lastCookieSent = now
                         sendCookie(for: seg, from: remote, localPort: tcp.destinationPort)
                     } else {
                         synBacklogDrops += 1
@@ -477,9 +604,10 @@ public final class TCPLayer {
                 _ = listener.accept(seg, remote, tcp.destinationPort)
                 return
             }
-            if seg.flags.contains(.ack) && !seg.flags.contains(.syn) && synCookies {
+            if flags.contains(.ack) && !flags.contains(.syn) && synCookies, let sent = listener.lastCookieSent,
+               now &- sent < 2 * Self.cookiePeriod {
                 if let mss = validCookie(seg, from: remote, localPort: tcp.destinationPort),
-                   let slot = listener.acceptCookie(seg, remote, tcp.destinationPort, mss) {
+                   let slot = listener.acceptCookie(seg, remote, tcp.destinationPort, min(mss, maximumSegmentSize)) {
                     synCookiesValidated += 1
                     if seg.length > 0 { listener.arrived(slot, seg, UnsafeRawPointer(tcp.payload)) }
                     return
@@ -488,13 +616,42 @@ public final class TCPLayer {
             }
         }
         // RFC 9293 3.10.7.1: nothing here. Answer anything but a RST with a RST.
-        guard !seg.flags.contains(.rst) else { return }
-        if seg.flags.contains(.ack) {
+        guard !flags.contains(.rst) else { return }
+        if flags.contains(.ack) {
             sendReset(to: remote, localPort: tcp.destinationPort, sequence: seg.acknowledgment, acknowledgment: nil)
         } else {
             sendReset(to: remote, localPort: tcp.destinationPort, sequence: SequenceNumber(0),
                       acknowledgment: seg.sequence + seg.length)
         }
+    }
+
+    /// ICMP destination unreachable about a segment we sent (`quoted`: its IPv4 header and
+    /// at least 8 bytes of TCP). "Fragmentation needed" lowers the connection's MSS, but only
+    /// if it names a connection and a sequence number it has in flight, and an MTU of at
+    /// least 576 (RFC 5927: otherwise anyone could shrink our segments blindly). Other codes
+    /// are soft errors for TCP (RFC 1122 4.2.3.9): counted, the connection goes on.
+    func destinationUnreachable(code: UInt8, nextHopMTU: Int, quoted ip: IPv4Packet, quotedLength: Int) {
+        guard ip.proto == IPProtocol.tcp, ip.source == interface.address, quotedLength >= ip.headerLength + 8 else {
+            icmpErrorsIgnored += 1
+            return
+        }
+        let t = UnsafeRawPointer(ip.payload)
+        let localPort = t.be16(0), remote = TCPEndpoint(ip.destination, t.be16(2))
+        let sequence = SequenceNumber(t.be32(4))
+        guard code == ICMPv4Message.fragmentationNeeded, nextHopMTU >= 576,
+              let ref = table[Self.key(remote, localPort)] else {
+            icmpErrorsIgnored += 1
+            return
+        }
+        let mss = UInt16(clamping: nextHopMTU - IPv4Packet.minimumHeaderLength - TCPSegment.minimumHeaderLength)
+        var out = takeActions()
+        defer { giveBack(&out) }
+        let a = arena(ref), slot = ConnectionRef.slot(ref)
+        var lowered = false
+        a.run(slot) { lowered = $0.pathMTUDropped(sequence: sequence, mss: mss, now: clock, out: &out) }
+        if lowered { pathMTUUpdates += 1 } else { icmpErrorsIgnored += 1 }
+        a.applyErased(slot, out)
+        runDeferred()
     }
 
     func sendReset(to remote: TCPEndpoint, localPort: UInt16, sequence: SequenceNumber, acknowledgment: SequenceNumber?) {
@@ -506,22 +663,25 @@ public final class TCPLayer {
 
     @usableFromInline func emit(_ seg: TCPSegmentInfo, ref: UInt64, payload: UnsafeRawPointer?) {
         let a = arena(ref)
-        let slot = Int(UInt32(truncatingIfNeeded: ref))
+        let slot = Int(ConnectionRef.slot(ref))
         a.queues[slot].ackOwed = false  // this segment carries the ACK
         let (remote, localPort) = a.endpoints(UInt32(slot))
         build(seg, remote: remote, localPort: localPort, payload: payload)
     }
 
     @usableFromInline func build(_ seg: TCPSegmentInfo, remote: TCPEndpoint, localPort: UInt16, payload: UnsafeRawPointer?) {
+        var options = seg.options
+        // A SYN announces the MSS this interface carries (the control block names a default).
+        if seg.flags.contains(.syn), options.maximumSegmentSize != nil { options.maximumSegmentSize = maximumSegmentSize }
         unmanagedInterface._withUnsafeGuaranteedRef { interface in
-            let header = TCPSegment.minimumHeaderLength + seg.options.encodedLength
+            let header = TCPSegment.minimumHeaderLength + options.encodedLength
             let total = header + seg.payloadLength
             guard var p = interface.pool.allocate(length: total) else { interface.counters.noBuffers += 1; return }
             let base = interface.pool.bytes(p)
             if let payload, seg.payloadLength > 0 { (base + header).copyMemory(from: payload, byteCount: seg.payloadLength) }
             TCPSegment.emit(into: base, sourcePort: localPort, destinationPort: remote.port,
                             sequenceNumber: seg.sequence.raw, acknowledgmentNumber: seg.acknowledgment.raw,
-                            flags: seg.flags, window: seg.window, options: seg.options,
+                            flags: seg.flags, window: seg.window, options: options,
                             payloadLength: seg.payloadLength, source: interface.address, destination: remote.address,
                             checksum: interface.fillChecksums)
             p.length = UInt16(total)
@@ -532,7 +692,9 @@ public final class TCPLayer {
 
     /// Advances the timers to `now` (milliseconds) and runs what expired.
     func tick(now: UInt64) {
-        clock = UInt32(truncatingIfNeeded: now)
+        self.now = now
+        if epoch == nil { epoch = now }
+        clock = UInt32(truncatingIfNeeded: now &- epoch!)
         if !nextTick.isEmpty {
             let work = nextTick
             nextTick.removeAll()
@@ -542,21 +704,22 @@ public final class TCPLayer {
             runDeferred()
         }
         if delayedHead < delayedAcks.count { flushDelayedAcks() }
+        if !capWaiters.isEmpty { wakeCapWaiters() }
         if !trimWanted.isEmpty {
             var released = false
             for a in trimWanted { released = a.trim() || released }
             trimWanted.removeAll()
             // Chunks of slots went back to the heap: hand free heap pages to the kernel too
             // (at most once a second; glibc keeps freed memory otherwise).
-            if released && clock &- lastHeapTrim >= 1000 {
-                lastHeapTrim = clock
+            if released && now &- lastHeapTrim >= 1000 {
+                lastHeapTrim = now
                 heretic_heap_trim()
             }
         }
         guard timers.count > 0 else { return }
         timers.advance(to: now, into: &expired)
         guard !expired.isEmpty else { return }  // most turns: nothing due
-        for ref in expired { arena(ref).timerFired(UInt32(truncatingIfNeeded: ref)) }
+        for ref in expired where holds(ref) { arena(ref).timerFired(ref) }
         expired.removeAll(keepingCapacity: true)
         runDeferred()
     }

@@ -7,6 +7,9 @@ public struct ICMPv4Message {
     public static let timeExceeded: UInt8 = 11
     /// Destination-unreachable code for a UDP port nobody listens on.
     public static let portUnreachable: UInt8 = 3
+    /// Destination-unreachable code for a datagram too big for a link with DF set; the
+    /// next hop's MTU is in the low 16 bits of "rest" (RFC 1191).
+    public static let fragmentationNeeded: UInt8 = 4
 
     public let base: UnsafeMutableRawPointer
     public let length: Int
@@ -27,6 +30,8 @@ public struct ICMPv4Message {
     /// Identifier and sequence number of echo messages.
     @inlinable public var echoIdentifier: UInt16 { UnsafeRawPointer(base).be16(4) }
     @inlinable public var echoSequence: UInt16 { UnsafeRawPointer(base).be16(6) }
+    /// Destination unreachable, fragmentation needed: the MTU of the next hop.
+    @inlinable public var nextHopMTU: UInt16 { UnsafeRawPointer(base).be16(6) }
     @inlinable public var data: UnsafeMutableRawPointer { base + Self.headerLength }
     @inlinable public var dataLength: Int { length - Self.headerLength }
 

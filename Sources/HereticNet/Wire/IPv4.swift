@@ -37,6 +37,22 @@ public struct IPv4Packet {
         totalLength = total
     }
 
+    /// The header an ICMP error quotes, with the first bytes of what followed it: its total
+    /// length names the original datagram, not what is quoted, and its checksum is not
+    /// checked (routers change the TTL). `totalLength` is the `length` quoted.
+    @inlinable
+    public init(quoting base: UnsafeMutableRawPointer, length: Int) throws(WireError) {
+        guard length >= Self.minimumHeaderLength else { throw .truncated }
+        let vihl = UnsafeRawPointer(base).byte(0)
+        guard vihl >> 4 == 4 else { throw .malformed("IP version \(vihl >> 4)") }
+        let ihl = Int(vihl & 0x0F) * 4
+        guard ihl >= Self.minimumHeaderLength else { throw .malformed("IPv4 header length \(ihl)") }
+        guard ihl <= length else { throw .truncated }
+        self.base = base
+        headerLength = ihl
+        totalLength = length
+    }
+
     @inlinable var p: UnsafeRawPointer { UnsafeRawPointer(base) }
     @inlinable public var dscpECN: UInt8 { p.byte(1) }
     @inlinable public var identification: UInt16 { p.be16(4) }
