@@ -17,6 +17,8 @@ public struct InterfaceConfiguration: Sendable {
     /// they are counted in `icmpRateLimited` and not sent.
     public var icmpErrorsPerSecond = 1000
     public var icmpErrorBurst = 50
+    /// The process-wide cap this interface's TCP send queues are charged to.
+    public var sendMemory = SendMemory.shared
     /// Frames taken from the device per poll.
     public var receiveBatch = 64
     /// Frames that may wait for room in the device's transmit queue; beyond them, new frames
@@ -62,7 +64,7 @@ public final class Interface {
     /// The interface's TCP (created on first use).
     public var tcp: TCPLayer {
         if let t = tcpLayer { return t }
-        let t = TCPLayer(interface: self)
+        let t = TCPLayer(interface: self, sendMemory: configuration.sendMemory)
         tcpLayer = t
         return t
     }

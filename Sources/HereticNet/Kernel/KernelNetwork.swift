@@ -118,8 +118,9 @@ public final class KernelNetwork: CorePoller {
     public var sendCapRefusals: Int { sendCredit.refusals }
     /// Bytes this engine's send queues and spare buffers hold.
     public var sendBufferBytes: Int { sendCredit.held }
-    /// Connections refused by the cap, told `writable` once memory is back under it.
+    /// Connections refused by the cap, told `writable` once there is room again.
     var capWaiters: [UInt64] = []
+    var nextCapCheck: UInt64 = 0
     /// io_uring receive rearms after the buffer ring ran dry.
     public private(set) var receiveBufferStarvation = 0
     public internal(set) var bytesSent = 0
@@ -711,7 +712,10 @@ public final class KernelNetwork: CorePoller {
             expired.removeAll(keepingCapacity: true)
             runFinishing()
         }
-        if !capWaiters.isEmpty && sendCredit.memory.belowResumeMark { wakeCapWaiters() }
+        if !capWaiters.isEmpty && now >= nextCapCheck {
+            nextCapCheck = now &+ 10  // (while connections wait: every 10 ms, no spinning)
+            if sendCredit.canGrow { wakeCapWaiters() }
+        }
         if let ring {
             work += reapRing(ring)
             resubmit()

@@ -7,10 +7,11 @@ import Glibc
 ///
 /// Each connection's queue is bounded by its send buffer size; this bounds them all together,
 /// so that many connections whose peers stop reading cannot take the process's memory between
-/// them. The policy when the cap is reached: a send takes nothing (it returns 0 bytes taken,
-/// counted per engine as `sendCapRefusals`), and the connection hears `writable` once the
-/// queues of its core have drained below seven eighths of the cap again. Nothing already
-/// queued is dropped, and no connection is closed for it.
+/// them. The policy when the cap is reached: a send takes only what fits in the buffer its
+/// queue already has (often nothing; counted per engine as `sendCapRefusals`), and the
+/// connection hears `writable` once there is room for a grant again (its engine checks every
+/// 10 ms while any connection waits). Nothing already queued is dropped, and no connection
+/// is closed for it.
 ///
 /// Engines charge the cap in grants of `grant` bytes held as local credit, so the shared
 /// counter is touched about once per 256 KiB queued, not once per send.
@@ -57,8 +58,6 @@ public final class SendMemory: @unchecked Sendable {
     /// Takes `bytes` even past the cap (an allocator's rounding beyond what was charged).
     @usableFromInline func takeAnyway(_ bytes: Int) { granted.wrappingIncrement(by: bytes, ordering: .relaxed) }
 
-    /// Whether usage is below the mark at which refused connections are told `writable`.
-    var belowResumeMark: Bool { inUse <= capacity - capacity / 8 }
 }
 
 /// One engine's account against a `SendMemory`: credit taken in grants, spent and refunded
@@ -117,6 +116,9 @@ public final class SendMemory: @unchecked Sendable {
             memory.give(excess)
         }
     }
+
+    /// Whether a charge of up to a grant would succeed now: refused connections may try again.
+    var canGrow: Bool { credit >= SendMemory.grant || memory.capacity - memory.inUse >= SendMemory.grant }
 
     /// Returns everything (the engine is going away).
     mutating func close() {

@@ -108,6 +108,7 @@ public final class TCPLayer {
     public var sendBufferBytes: Int { sendCredit.held }
     /// Connections refused by the cap, told `writable` once memory is back under it.
     @usableFromInline @exclusivity(unchecked) var capWaiters: [UInt64] = []
+    @exclusivity(unchecked) var nextCapCheck: UInt64 = 0
     /// Drained send-queue buffers kept for reuse (charged to the cap while kept): idle
     /// connections own none, busy ones stop going to malloc for every message.
     @usableFromInline @exclusivity(unchecked) var spareBuffers: [[UInt8]] = []
@@ -355,9 +356,12 @@ public final class TCPLayer {
         }
     }
 
-    /// Tells connections the cap refused that memory is back under it.
+    /// Tells connections the cap refused that there is room again (checked every 10 ms while
+    /// any wait, so refusals cannot make the loop spin).
     func wakeCapWaiters() {
-        guard sendCredit.memory.belowResumeMark else { return }
+        guard now >= nextCapCheck else { return }
+        nextCapCheck = now &+ 10
+        guard sendCredit.canGrow else { return }
         let waiting = capWaiters
         capWaiters.removeAll()
         callbackDepth += 1
