@@ -1,5 +1,8 @@
 import Testing
 import CHereticSys
+#if canImport(Glibc)
+import Glibc
+#endif
 import HereticCore
 @testable import HereticNet
 
@@ -377,4 +380,122 @@ struct KernelNetworkTests {
         // buffer on io_uring, a read on epoll), not the 4 MB sent.
         #expect(peak <= 16_384 + 65_536)
     }
+
+    @Test("a peer that does not read: the engine queues at most the send buffer; writable follows when it reads",
+          arguments: [KernelBackend.uring, .epoll])
+    func sendBufferBound(_ backend: KernelBackend) throws {
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        let log = PushLog(), total = 64 << 20
+        let port = try host.runtime.run(on: 0) { _ in try! host.net.listenTCP(port: 0) { Pusher(total: total, log: log) } }
+        let fd = heretic_tcp_socket(0)
+        defer { heretic_close(fd) }
+        #expect(heretic_tcp_connect(fd, loopback.raw, port) == 0)
+        // Nothing is read until the kernel's buffers are full and the engine has queued its
+        // share: then the pusher is held back.
+        #expect(try host.eventually { _ in log.shortSends > 0 })
+        let held = try host.runtime.run(on: 0) { _ in log.largestQueue }
+        #expect(held <= 256 << 10, "queued \(held) bytes for a peer that does not read")
+        var got = 0
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        let deadline = MonotonicClock.nanoseconds() + 30_000_000_000
+        while got < total && MonotonicClock.nanoseconds() < deadline {
+            let n = heretic_sock_recv(fd, buffer, 1 << 20)
+            if n == -Int(EAGAIN) { usleep(200); continue }
+            guard n > 0 else { break }
+            got += n
+        }
+        #expect(got == total, "every byte arrived once the peer read")
+        #expect(try host.runtime.run(on: 0) { _ in log.writables } > 0)
+    }
+
+    @Test("out of descriptors: accepting pauses (counted, no spinning), live connections are served, and it resumes",
+          arguments: [KernelBackend.uring, .epoll])
+    func acceptBackoff(_ backend: KernelBackend) throws {
+        guard let child = getenvString("HERETIC_DESCRIPTOR_CHILD") else {
+            // Descriptor limits are per process: run this case alone, in a child process.
+            var path = [CChar](repeating: 0, count: 4096)
+            let n = readlink("/proc/self/exe", &path, path.count - 1)
+            try #require(n > 0, "this test binary's path")
+            let words = ["env", "HERETIC_DESCRIPTOR_CHILD=\(backend.rawValue)", String(cString: path), "--testing-library",
+                         "swift-testing", "--filter", "acceptBackoff"]
+            var argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) }
+            argv.append(nil)
+            defer { for p in argv { free(p) } }
+            let output = UnsafeMutablePointer<CChar>.allocate(capacity: 1 << 16)
+            defer { output.deallocate() }
+            let status = argv.withUnsafeMutableBufferPointer { heretic_run($0.baseAddress!, output, 1 << 16) }
+            let text = String(cString: output)
+            #expect(status == 0 && text.contains("passed"), "the child's run: \(text.suffix(2000))")
+            return
+        }
+        guard child == backend.rawValue else { return }  // (the child runs one case)
+        let host = try KernelHost(backend)
+        defer { host.shutdown() }
+        // Twenty client sockets, made while descriptors last; then a limit that leaves the
+        // engine a few descriptor numbers to accept into (the listener takes one). Set before
+        // listening: io_uring takes the limit when the accept is submitted.
+        let clients = (0..<20).map { _ in heretic_tcp_socket(0) }
+        defer { for c in clients { heretic_close(c) } }
+        #expect(clients.allSatisfy { $0 >= 0 })
+        // Descriptor numbers below the limit are what counts: fill the free ones below the
+        // highest in use, so that the limit leaves exactly four.
+        let highest = try highestDescriptor()
+        var fillers: [Int32] = []
+        while true {
+            let f = open("/dev/null", O_RDONLY)
+            guard f >= 0, f < highest else { if f >= 0 { close(f) }; break }
+            fillers.append(f)
+        }
+        defer { for f in fillers { close(f) } }
+        var limit = rlimit()
+        getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit)
+        let saved = limit
+        limit.rlim_cur = rlim_t(highest + 1 + 4)
+        #expect(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0)
+        let port = try host.runtime.run(on: 0) { _ in try! host.net.listenTCP(port: 0) { TCPEcho() } }
+        for c in clients { #expect(heretic_tcp_connect(c, loopback.raw, port) == 0) }  // the kernel's backlog takes them
+        usleep(500_000)
+        let (paused, errors, accepted) = try host.runtime.run(on: 0) { _ in
+            (host.net.acceptResourceErrors, host.net.acceptErrors, host.net.accepted)
+        }
+        #expect(accepted >= 3 && accepted < 20, "as many as descriptors allowed: \(accepted)")
+        #expect(paused >= 1, "out of descriptors: counted")
+        #expect(errors <= 20, "paused and backed off instead of spinning: \(errors) failed accepts in 0.5 s")
+        // The accepted connections are served meanwhile (the backlog is first in, first out).
+        for c in clients.prefix(accepted) { #expect(echoes(c, "live")) }
+        // Descriptors come back: the rest are accepted once the pause ends, and served.
+        limit = saved
+        #expect(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0)
+        #expect(try host.eventually { $0.accepted == 20 })
+        for c in clients.suffix(20 - accepted) { #expect(echoes(c, "later")) }
+    }
+}
+
+/// The highest descriptor number this process has open.
+func highestDescriptor() throws -> Int {
+    guard let dir = opendir("/proc/self/fd") else { throw KernelTestError.setup("no /proc/self/fd") }
+    defer { closedir(dir) }
+    var highest = 0
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if let n = Int(name) { highest = max(highest, n) }
+    }
+    return highest
+}
+
+/// Writes `text` on a blocking socket and checks it comes back.
+func echoes(_ fd: Int32, _ text: String) -> Bool {
+    let bytes = Array(text.utf8)
+    guard bytes.withUnsafeBytes({ heretic_sock_send(fd, $0.baseAddress, $0.count) }) == bytes.count else { return false }
+    var back = [UInt8](repeating: 0, count: bytes.count), got = 0
+    let deadline = MonotonicClock.nanoseconds() + 5_000_000_000
+    while got < bytes.count && MonotonicClock.nanoseconds() < deadline {
+        let n = back.withUnsafeMutableBytes { heretic_sock_recv(fd, $0.baseAddress! + got, bytes.count - got) }
+        if n == -Int(EAGAIN) { usleep(200); continue }
+        guard n > 0 else { return false }
+        got += n
+    }
+    return back == bytes
 }

@@ -78,6 +78,43 @@ struct TCPSocketTests {
         #expect(ok)
     }
 
+    @Test("a 4 MB async write to a reader that waits: the writer suspends holding at most its send buffer; all arrives")
+    func asyncWriteBackpressure() async throws {
+        let hosts = try CoreHosts()
+        defer { hosts.shutdown() }
+        let net = hosts.net
+        let (ok, queued, partial) = await hosts.core.spawnAsync { () -> (Bool, Int, TCPSendStatus?) in
+            guard let listener = try? net.b.listen(port: 7, receiveCapacity: 16_384),
+                  let socket = try? await net.a.connect(to: TCPEndpoint(hostB, 7)) else { return (false, -1, nil) }
+            let data = randomBytes(4_000_000, seed: 8)
+            let writer = Task(executorPreference: Core.current!) { () -> Bool in
+                do { try await socket.write(data); try await socket.close(); return true } catch { return false }
+            }
+            guard let reader = await listener.next() else { return (false, -1, nil) }
+            try? await Core.sleep(milliseconds: 200)  // the reader takes nothing meanwhile
+            let queued = socket.bytesQueued
+            // Blocking style on a second connection: a send the buffer cannot take is partial.
+            guard let other = try? await net.a.connect(to: TCPEndpoint(hostB, 7)), let otherPeer = await listener.next() else {
+                return (false, queued, nil)
+            }
+            let big = [UInt8](repeating: 1, count: 1 << 20)
+            let first = other.send(big)
+            let partial = other.send(big)
+            otherPeer.abort()
+            var got: [UInt8] = []
+            while true {
+                guard let chunk = try? await reader.read(), !chunk.isEmpty else { break }
+                got += chunk
+            }
+            try? await reader.close()
+            let wrote = await writer.value
+            return (got == data && wrote, queued, first == .partial(256 << 10) ? partial : nil)
+        }.value
+        #expect(ok, "every byte arrived, in order")
+        #expect(queued > 0 && queued <= 256 << 10, "the writer held \(queued) bytes while the reader waited")
+        #expect(partial == .partial(0), "a full buffer takes nothing more")
+    }
+
     @Test("async errors name the cause: refused, timed out, reset, closed, cancelled")
     func asyncErrors() async throws {
         let hosts = try CoreHosts()
