@@ -22,6 +22,9 @@ struct LoadStats {
     var closed = 0
     var messages: UInt64 = 0
     var mismatches: UInt64 = 0
+    /// Sends the connection's send buffer did not take whole (the window of messages is
+    /// meant to fit it: a message cut short would break the stream).
+    var shortSends: UInt64 = 0
     var measuring = false
     var latency = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000,
                                     numberOfSignificantValueDigits: .three)
@@ -61,7 +64,7 @@ struct EchoLoadClient: TCPHandler {
                 header(sent).copyMemory(from: m, byteCount: 16)
                 sent += 1
             }
-            _ = connection.send(UnsafeRawBufferPointer(out))
+            if connection.send(UnsafeRawBufferPointer(out)) < out.count { stats.pointee.shortSends &+= 1 }
         }
     }
 
@@ -201,7 +204,7 @@ public struct EchoLoadGenerator {
             return (shared.value.0.pointee.messages, MonotonicClock.nanoseconds())
         }
         let s = try runtime.run(on: 0) { _ in shared.value.0.pointee }
-        let ok = s.mismatches == 0 && s.closed == 0 && m1 > m0
+        let ok = s.mismatches == 0 && s.closed == 0 && s.shortSends == 0 && m1 > m0
         var r = BenchResult(bench: "loadgen", verified: ok)
         r.add("mode", mode.rawValue)
         r.add("conns", conns)
@@ -213,6 +216,7 @@ public struct EchoLoadGenerator {
         r.add("p999_us", s.latency.valueAtPercentile(99.9))
         r.add("messages_verified", s.messages)
         r.add("mismatches", s.mismatches)
+        r.add("short_sends", s.shortSends)
         r.add("closed_early", s.closed)
         return r
     }
@@ -238,39 +242,45 @@ public struct KernelEchoServer {
         defer { runtime.shutdown() }
         let engine = Unchecked(UnsafeMutablePointer<KernelNetwork?>.allocate(capacity: 1))
         engine.value.initialize(to: nil)
+        let counts = Unchecked(UnsafeMutablePointer<EchoCounts>.allocate(capacity: 1))
+        counts.value.initialize(to: EchoCounts())
         defer {
             try? runtime.run(on: 0) { _ in engine.value.pointee = nil }
             engine.value.deallocate()
+            counts.value.deallocate()
         }
         let (backend, port) = (self.backend, self.port)
         let started = try runtime.run(on: 0) { core -> Result<(UInt16, KernelBackend, String), NetError> in
             Result { () throws(NetError) in
                 let net = try KernelNetwork(core: core, backend: backend)
                 engine.value.pointee = net
-                let bound = try net.listenTCP(port: port, address: IPv4Address(127, 0, 0, 1)) { NoDelayEcho() }
+                let bound = try net.listenTCP(port: port, address: IPv4Address(127, 0, 0, 1)) {
+                    TCPEchoServer(noDelay: true, counts: counts.value)
+                }
                 return (bound, net.backend, net.backendReason)
             }
         }
         let (bound, chosen, reason) = try started.mapError { BenchError("echo server: \($0)") }.get()
         ready(bound, chosen, reason)
         _ = heretic_wait_termination(seconds.map { Int32(clamping: Int($0 * 1000)) } ?? -1)
-        let (accepted, bytes, enters) = try runtime.run(on: 0) { _ in
-            (engine.value.pointee!.accepted, engine.value.pointee!.bytesReceived, engine.value.pointee!.enters)
+        let (accepted, received, sent, enters, c) = try runtime.run(on: 0) { _ in
+            let e = engine.value.pointee!
+            return (e.accepted, e.bytesReceived, e.bytesSent, e.enters, counts.value.pointee)
         }
-        var r = BenchResult(bench: "serve-echo", verified: true)
+        // Every byte the engine delivered reached the echo, and every byte the echo sent back
+        // the engine took (or it is still held, for a peer that stopped reading): the
+        // server's own accounting, beside the load generator's check of every echoed byte.
+        let echoedAll = c.balanced && received == c.received && sent == c.sent
+        var r = BenchResult(bench: "serve-echo", verified: echoedAll)
         r.add("backend", chosen.rawValue)
         r.add("port", Int(bound))
         r.add("accepted", accepted)
-        r.add("bytes_echoed", bytes)
+        r.add("bytes_received", received)
+        r.add("bytes_echoed", sent)
+        r.add("bytes_held", c.held)
+        r.add("bytes_discarded", c.discarded)
         r.add("kernel_entries", enters)
         return r
     }
 }
 
-/// Echoes with Nagle off, as the peers' servers do.
-struct NoDelayEcho: TCPHandler {
-    mutating func connected(_ connection: inout TCPConnection) { connection.setNoDelay(true) }
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
-        connection.send(data)
-    }
-}

@@ -21,12 +21,6 @@ struct TCPEchoStats {
                                 numberOfSignificantValueDigits: .three)
 }
 
-/// The server side: every byte straight back.
-struct TCPEchoServer: TCPHandler {
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
-        connection.send(data)
-    }
-}
 
 /// One long connection of the brief's echo test: send 150 formatted bytes, wait for all of
 /// them to come back, check them, record the round trip, send the next.

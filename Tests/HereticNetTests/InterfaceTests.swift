@@ -184,8 +184,8 @@ struct InterfaceTests {
         #expect(throws: NetError.addressInUse(7)) { try net.b.bindUDP(port: 7, EchoHandler()) }
     }
 
-    @Test("random frames into the receive path: no crash, every frame accounted for")
-    func receiveFuzz() {
+    @Test("random frames into the receive path: no crash, every frame accounted for, the stack serves on")
+    func receiveFuzz() throws {
         let net = TwoHosts()
         var rng = SplitMix64(seed: 2024)
         let seeds = WireFuzzTests.frames
@@ -200,7 +200,17 @@ struct InterfaceTests {
             if round % 64 == 0 { net.run(1) }
         }
         net.run(10)
-        #expect(net.b.counters.framesReceived >= 20_000, "plus a's answers to b's own ARP requests")
+        let c = net.b.counters
+        #expect(c.framesReceived >= 20_000, "plus a's answers to b's own ARP requests")
+        #expect(c.framesAccounted == c.framesReceived, "each frame ended in exactly one counter: \(c.nonZero)")
+        #expect(c.ethernetErrors + c.ipv4Errors + c.badChecksums + c.tcpErrors + c.udpErrors > 1000, "the mutations were refused, by reason")
+        #expect(c.tcpSegments + c.udpDelivered + c.udpNoListener + c.arpReceived > 1000, "and the intact ones handled")
         #expect(net.poolB.inUse == 0, "every received buffer was released or sent")
+        // And it still works.
+        try net.b.listenTCP(port: 7) { TCPEcho() }
+        let log = TCPLog(), message = Array("after the fuzz".utf8)
+        net.a.connectTCP(to: TCPEndpoint(hostB, 7), TCPClient(message: message, log: log))
+        net.run(200)
+        #expect(log.received == message)
     }
 }

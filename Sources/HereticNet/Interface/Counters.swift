@@ -36,6 +36,11 @@ public struct InterfaceCounters: Equatable, Sendable {
     public var icmpErrorsReceived = 0
     public var icmpRateLimited = 0
     public var icmpEchoReplies = 0
+    /// Frames handled and not counted elsewhere: ARP packets, ICMP messages nothing waits
+    /// for (replies, echo requests to broadcast), and TCP segments handed to TCP.
+    public var arpReceived = 0
+    public var icmpOther = 0
+    public var tcpSegments = 0
     public var udpDelivered = 0
     public var udpNoListener = 0
     public var icmpUnreachableSent = 0
@@ -45,6 +50,15 @@ public struct InterfaceCounters: Equatable, Sendable {
     public var transmitDrops = 0
 
     public init() {}
+
+    /// Frames with a known fate: each frame received ends in exactly one of these counters,
+    /// so this equals `framesReceived` (the stack lost track of none).
+    public var framesAccounted: Int {
+        ethernetErrors + notForUs + unknownEtherType + arpErrors + arpReceived
+            + ipv4Errors + badChecksums + ipNotForUs + martianSources + fragmentsDropped + unknownProtocol
+            + icmpErrors + icmpErrorsReceived + icmpEchoReplies + icmpOther
+            + udpErrors + portZero + udpNoListener + udpDelivered + tcpErrors + tcpSegments
+    }
 
     /// Non-zero counters as "name value" pairs, for `heretic stats` and benchmark output.
     public var nonZero: [(String, Int)] {

@@ -203,6 +203,7 @@ public final class Interface {
             counters.arpErrors += 1
             return
         }
+        counters.arpReceived += 1
         let forUs = a.targetIP == address, sender = a.senderIP
         if sender == address {
             counters.arpConflicts += 1  // someone else claims our address: never learned
@@ -275,7 +276,7 @@ public final class Interface {
             counters.icmpErrorsReceived += 1
             guard m.dataLength >= IPv4Packet.minimumHeaderLength + 8,
                   let quoted = try? IPv4Packet(quoting: m.data, length: m.dataLength) else {
-                counters.icmpErrors += 1
+                tcpLayer?.icmpErrorsIgnored += 1  // (nothing usable quoted)
                 return
             }
             tcpLayer?.destinationUnreachable(code: m.code, nextHopMTU: Int(m.nextHopMTU), quoted: quoted,
@@ -283,6 +284,7 @@ public final class Interface {
             return
         }
         guard m.type == ICMPv4Message.echoRequest, m.code == 0, ip.destination == address else {
+            counters.icmpOther += 1
             return pool.release(frame)  // replies and other messages: nothing waits for them
         }
         // Answer in place: same buffer, addresses swapped, type 0, fresh checksums.

@@ -464,7 +464,9 @@ public final class KernelNetwork: CorePoller {
             if w > 0 {
                 offset = w
             } else if w != -Int(EAGAIN) {
-                // The connection failed: the error event reports it; nothing more goes out.
+                // The connection failed: the error event reports it; nothing more goes out
+                // (the bytes count as taken, as if queued when the connection broke).
+                bytesSent &+= n
                 return n
             }
         }

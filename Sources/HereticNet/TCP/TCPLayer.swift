@@ -572,6 +572,7 @@ public final class TCPLayer {
             interface.counters.tcpErrors += 1
             return
         }
+        interface.counters.tcpSegments += 1
         let flags = tcp.flags
         if flags.contains(.syn) {
             // The peer's MSS, capped to what this interface carries (RFC 9293 3.7.1: 536
