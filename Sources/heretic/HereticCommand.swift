@@ -41,7 +41,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Reproduce the brief's workloads on this machine.",
         discussion: "With no benchmark named, runs a short version of each and prints them beside the original's figures.",
-        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self, TCPHold.self, TCPStream.self, Peers.self],
+        subcommands: [Suite.self, Events.self, Sleep.self, AsyncEvents.self, UDPEcho.self, TCPEcho.self, TCPShort.self, TCPHold.self, TCPStream.self, Peers.self, Hostile.self],
         defaultSubcommand: Suite.self
     )
 
@@ -358,3 +358,34 @@ extension String {
 }
 
 extension KernelBackend: ExpressibleByArgument {}
+
+extension Bench {
+    struct Hostile: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Healthy echo connections under attack on the same switch: before, during and after.",
+            discussion: """
+                An attacker on the virtual switch sends a SYN flood, mutated frames, blind RSTs and SYNs on \
+                the healthy 4-tuples, ARP floods and poisoning, out-of-order floods, and connections that \
+                announce MSS 9000, ask for 100 MB and never read. Fails (exit 1) if a healthy byte is lost \
+                or corrupted, a healthy connection is lost, echoes stop, memory grows past what the stack's \
+                caps allow, or a received frame is not accounted for.
+                """)
+        @Option(help: "Run time, in three equal phases: before, during and after the attack.") var seconds = 6.0
+        @Option(name: .customLong("conns"), help: "Healthy echo connections.") var connections = 1000
+        @Option(help: "Attack frames a second (at most).") var rate = 100_000
+        @Option(help: "Seed of the attack's random choices.") var seed: UInt64 = 1
+        @OptionGroup var output: OutputOptions
+
+        func validate() throws {
+            if !(seconds >= 0.3) { throw ValidationError("--seconds must be at least 0.3 (three phases)") }
+            if !(1...16_000).contains(connections) { throw ValidationError("--conns must be between 1 and 16000") }
+            if !(0...10_000_000).contains(rate) { throw ValidationError("--rate must be between 0 and 10000000") }
+        }
+
+        func run() throws {
+            var b = HostileBenchmark(seconds: seconds, connections: connections, framesPerSecond: rate)
+            b.seed = seed
+            try report([try b.run()], output)
+        }
+    }
+}

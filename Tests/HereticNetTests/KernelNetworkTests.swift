@@ -418,7 +418,7 @@ struct KernelNetworkTests {
             var path = [CChar](repeating: 0, count: 4096)
             let n = readlink("/proc/self/exe", &path, path.count - 1)
             try #require(n > 0, "this test binary's path")
-            let words = ["env", "HERETIC_DESCRIPTOR_CHILD=\(backend.rawValue)", String(cString: path), "--testing-library",
+            let words = ["env", "HERETIC_DESCRIPTOR_CHILD=\(backend.rawValue)", String(decoding: path.prefix(n).map { UInt8(bitPattern: $0) }, as: UTF8.self), "--testing-library",
                          "swift-testing", "--filter", "acceptBackoff"]
             var argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) }
             argv.append(nil)

@@ -232,10 +232,12 @@ public final class Interface {
     /// Whether `a` may not be the source of a packet from the wire (RFC 1812 5.3.7, as
     /// Linux's martian check): this network (0/8), loopback (127/8), multicast, the
     /// reserved class E and the broadcast address, our own address, and our subnet's
-    /// broadcast address.
+    /// broadcast address; and, with no gateway, any address off our subnet (there is no way
+    /// back to it: Linux's reverse-path filter drops those too).
     @inline(__always) func isMartian(_ a: IPv4Address) -> Bool {
         let r = a.raw, top = r >> 24
         if top == 0 || top == 127 || r >> 28 >= 0xE || r == address.raw { return true }
+        if configuration.gateway == nil && !onLink(a) { return true }
         // The subnet's broadcast address (where the subnet has one: /31 and /32 do not).
         return subnetMask < 0xFFFF_FFFE && r | subnetMask == 0xFFFF_FFFF && r & subnetMask == address.raw & subnetMask
     }

@@ -35,11 +35,15 @@ public final class VirtualSwitch: @unchecked Sendable {
     }
 
     /// Adds a port owned by `core`, whose interfaces allocate from `pool`. Create every port
-    /// before traffic starts (the port list is fixed once cores run).
-    public func makePort(core: Int, pool: PacketPool, mtu: Int = 1500) -> SwitchPort {
+    /// before traffic starts (the port list is fixed once cores run). With `checksums`, the
+    /// interface on the port computes and verifies checksums, as on a real link: for a switch
+    /// that also carries frames nobody in the process vouches for (an attacker's, in
+    /// `bench hostile`).
+    public func makePort(core: Int, pool: PacketPool, mtu: Int = 1500, checksums: Bool = false) -> SwitchPort {
         precondition(ports.allSatisfy { $0.core != core || $0.pool === pool },
                      "Heretic: ports of one core share that core's packet pool")
-        let port = SwitchPort(switch: self, index: ports.count, core: core, pool: pool, mtu: mtu)
+        let port = SwitchPort(switch: self, index: ports.count, core: core, pool: pool, mtu: mtu,
+                              offloads: checksums ? [] : [.receiveChecksumsVerified, .transmitChecksums])
         for other in ports {
             if other.core != core {
                 other.addInbound(from: port)
@@ -103,8 +107,8 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
     let pool: PacketPool
     /// The in-process link cannot corrupt frames, and every receiver is an in-process interface
     /// that trusts it: checksums are neither computed nor verified (a fault injector around a
-    /// port reports no offloads, so both come back).
-    public let offloads: DeviceOffloads = [.receiveChecksumsVerified, .transmitChecksums]
+    /// port reports no offloads, so both come back; so does a port made with `checksums`).
+    public let offloads: DeviceOffloads
     /// Frames from ports of the same core, as packets of the shared pool (bounded like the
     /// cross-core rings: a full queue drops and counts).
     @exclusivity(unchecked) var local: PacketQueue
@@ -116,8 +120,9 @@ public final class SwitchPort: NetworkDevice, @unchecked Sendable {
     @exclusivity(unchecked) public private(set) var framesDropped = 0
     @exclusivity(unchecked) public private(set) var framesForwarded = 0
 
-    init(switch owner: VirtualSwitch, index: Int, core: Int, pool: PacketPool, mtu: Int) {
+    init(switch owner: VirtualSwitch, index: Int, core: Int, pool: PacketPool, mtu: Int, offloads: DeviceOffloads) {
         self.owner = owner
+        self.offloads = offloads
         self.index = index
         self.core = core
         self.pool = pool

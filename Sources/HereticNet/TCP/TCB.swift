@@ -48,9 +48,12 @@ public enum TCPAction: Equatable, Sendable {
     /// may be guessing sequence numbers).
     case challengeAck
     /// RFC 7323's PAWS: the segment's timestamp is older than the last one accepted (a
-    /// segment from an earlier wrap of the sequence space, or a forged one). Dropped; answer
-    /// with an ACK (rate-limited with the challenge ACKs).
+    /// segment from an earlier wrap of the sequence space, or a forged one). Dropped (and
+    /// answered as an out-of-window segment is).
     case pawsRejected
+    /// An out-of-window segment (or a PAWS reject) that would have been answered with an
+    /// ACK, within 512 ms of the last such answer on this connection: not answered.
+    case ackSuppressed
     /// Send `length` bytes of the application's data starting at `sequence`, with these flags.
     case sendData(TCPSegmentInfo)
     /// The same, for data sent before (a retransmission: timeout, fast retransmit, partial ACK).
@@ -140,6 +143,9 @@ public struct TCB: Sendable, Equatable {
     public var keepaliveCount: UInt8 = 0
     /// Seconds without data either way before the connection is aborted (0: never).
     public var idleTimeoutSeconds: UInt16 = 0
+    /// When an out-of-window segment was last answered, in 16 ms ticks (see
+    /// `outOfWindowAck`).
+    var oowAckTick: UInt16 = 0
     public private(set) var state: TCPState = .closed
     public private(set) var sndScale: UInt8 = 0
     public private(set) var rcvScale: UInt8 = 0
@@ -224,6 +230,7 @@ public struct TCB: Sendable, Equatable {
         t.lastHeard = now
         t.lastActive = now
         t.recover = iss
+        t.oowAckTick = UInt16(truncatingIfNeeded: now >> 4) &- 32
         out.append(.send(t.synSegment(ack: true, now: now)))
         out.append(.armRetransmit(milliseconds: Int(t.rto)))
         return t
@@ -240,6 +247,7 @@ public struct TCB: Sendable, Equatable {
         sndMax = sndNxt
         lastHeard = now
         recover = iss
+        oowAckTick = UInt16(truncatingIfNeeded: now >> 4) &- 32
         connectDeadline = 0
         if let t = timeoutMilliseconds { connectDeadline = max(1, now &+ UInt32(clamping: max(1, t))) }
         out.append(.send(synSegment(ack: false, now: now)))
@@ -273,6 +281,7 @@ public struct TCB: Sendable, Equatable {
         t.lastHeard = now
         t.lastActive = now
         t.recover = t.sndUna
+        t.oowAckTick = UInt16(truncatingIfNeeded: now >> 4) &- 32
         return t
     }
 
@@ -592,6 +601,20 @@ public struct TCB: Sendable, Equatable {
         if out.last != .acknowledge { out.append(.acknowledge) }
     }
 
+    /// Answers an unacceptable segment with an ACK (RFC 9293 3.10.7.4), at most every 512 ms
+    /// on one connection, as Linux's tcp_invalid_ratelimit does: a flood of blind guesses at a
+    /// 4-tuple cannot turn the stack into an ACK reflector. (A peer's probe of our closed
+    /// window or its keepalive comes at most every few hundred milliseconds.)
+    mutating func outOfWindowAck(now: UInt32, out: inout [TCPAction]) {
+        let tick = UInt16(truncatingIfNeeded: now >> 4)
+        guard tick &- oowAckTick >= 32 else {
+            out.append(.ackSuppressed)
+            return
+        }
+        oowAckTick = tick
+        ack(now: now, out: &out)
+    }
+
     /// A pure ACK carrying the current sequence and acknowledgment numbers.
     public func ackSegment(now: UInt32) -> TCPSegmentInfo {
         segment(sequence: sndMax, flags: .ack, now: now)
@@ -684,11 +707,12 @@ public struct TCB: Sendable, Equatable {
         if timestamps, let ts = seg.options.timestamp, !seg.flags.contains(.rst),
            Int32(bitPattern: ts.value &- tsRecent) < 0, now &- lastHeard < Self.pawsIdleLimit {
             out.append(.pawsRejected)
+            outOfWindowAck(now: now, out: &out)
             return
         }
         // First: sequence number.
         guard acceptable(seg) else {
-            if !seg.flags.contains(.rst) { ack(now: now, out: &out) }
+            if !seg.flags.contains(.rst) { outOfWindowAck(now: now, out: &out) }
             // In TIME-WAIT the only thing that arrives is the peer's FIN again: acknowledged
             // above, and the 2 MSL wait starts over.
             if state == .timeWait && seg.flags.contains(.fin) {

@@ -466,8 +466,9 @@ import CHereticSys
             case .acknowledgeDelayed:
                 ackDelayed = true
             case .pawsRejected:
-                layer.pawsDrops += 1
-                if layer.mayChallenge() { ackWanted = true }
+                layer.pawsDropCount += 1
+            case .ackSuppressed:
+                layer.ackSuppressedCount += 1
             case .challengeAck:
                 // RFC 5961 section 7: rate-limited, so that the answers cannot be used to
                 // probe for sequence numbers (or to make us flood).

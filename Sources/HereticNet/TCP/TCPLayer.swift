@@ -73,8 +73,13 @@ public final class TCPLayer {
     public private(set) var challengeAcksSuppressed = 0
     @exclusivity(unchecked) var challengeSecond: UInt64 = .max
     @exclusivity(unchecked) var challengeAllowance = 0
+    /// ACKs not sent for out-of-window segments (or PAWS rejects), by each connection's
+    /// 512 ms limit.
+    public var outOfWindowAcksSuppressed: Int { ackSuppressedCount }
+    @usableFromInline @exclusivity(unchecked) var ackSuppressedCount = 0
     /// Segments dropped by PAWS (RFC 7323): timestamps older than the connection's last.
-    @usableFromInline @exclusivity(unchecked) var pawsDrops = 0
+    public var pawsDrops: Int { pawsDropCount }
+    @usableFromInline @exclusivity(unchecked) var pawsDropCount = 0
     /// Persist (zero-window) and keepalive probes sent.
     public var windowProbes: Int { probeCount }
     @usableFromInline @exclusivity(unchecked) var retransmitCount = 0
