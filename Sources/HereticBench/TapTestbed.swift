@@ -103,6 +103,40 @@ public final class TapTestbed: @unchecked Sendable {
         guard r.status == 0 else { throw BenchError("tc netem \(netem.joined(separator: " ")): \(r.output)") }
     }
 
+    /// Frames built by hand in Python (struct and raw AF_PACKET sockets, no other dependency) and
+    /// sent from inside the namespace onto the TAP link: what an attacker on the link can do.
+    public static let rawFrames = """
+        import random, socket, struct, sys, time
+        IFACE, SRC_IP, DST_IP = sys.argv[1], sys.argv[2], sys.argv[3]
+        SRC_MAC = bytes.fromhex(open("/sys/class/net/%s/address" % IFACE).read().strip().replace(":", ""))
+        DST_MAC = bytes.fromhex(sys.argv[4].replace(":", ""))
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        raw.bind((IFACE, 0))
+        def csum(b):
+            if len(b) % 2: b += b"\\0"
+            s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+            while s >> 16: s = (s & 0xFFFF) + (s >> 16)
+            return (~s) & 0xFFFF
+        def ipv4(payload, proto=6, src=SRC_IP, ihl=5, total=None, flags=0x4000, bad=False):
+            tl = total if total is not None else 20 + len(payload)
+            h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, tl, 7, flags, 64, proto, 0,
+                            socket.inet_aton(src), socket.inet_aton(DST_IP))
+            c = csum(h) ^ (0x1234 if bad else 0)
+            return h[:10] + struct.pack("!H", c) + h[12:] + payload
+        def tcp(sport, dport, seq, ack, flags, payload=b"", options=b"", src=SRC_IP, offset=None, bad=False):
+            off = offset if offset is not None else (20 + len(options)) // 4
+            h = struct.pack("!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, off << 4, flags,
+                            65535, 0, 0) + options
+            pseudo = socket.inet_aton(src) + socket.inet_aton(DST_IP) + struct.pack("!BBH", 0, 6, len(h) + len(payload))
+            c = csum(pseudo + h + payload) ^ (0x4321 if bad else 0)
+            return h[:16] + struct.pack("!H", c) + h[18:] + payload
+        def eth(payload, etype=0x0800):
+            return DST_MAC + SRC_MAC + struct.pack("!H", etype) + payload
+        def send(frame):
+            try: raw.send(frame)
+            except OSError: pass
+        """
+
     public func remove() {
         guard !removed else { return }
         removed = true
@@ -125,7 +159,7 @@ public final class TapStack: @unchecked Sendable {
     /// with: its UMEM).
     public init(device: NetworkDevice, pool: PacketPool = PacketPool(capacity: 16_384), mac: MACAddress,
                 address: IPv4Address, faults: FaultInjector.Faults? = nil, seed: UInt64 = 1,
-                httpIdleSeconds: Int = 30, httpHeaderSeconds: Int = 10) throws {
+                httpIdleSeconds: Int = 30, httpHeaderSeconds: Int = 10, sendMemory: SendMemory = .shared) throws {
         runtime = try Runtime(cores: 1)
         var nic: NetworkDevice = device
         if let faults {
@@ -137,8 +171,9 @@ public final class TapStack: @unchecked Sendable {
         } else {
             injector = nil
         }
-        interface = Interface(device: nic, pool: pool,
-                              configuration: InterfaceConfiguration(mac: mac, address: address))
+        var configuration = InterfaceConfiguration(mac: mac, address: address)
+        configuration.sendMemory = sendMemory
+        interface = Interface(device: nic, pool: pool, configuration: configuration)
         let interface = self.interface
         let shared = Unchecked(interface)
         try runtime.run(on: 0) { core in

@@ -373,8 +373,12 @@ extension Bench {
         @Option(help: "Run time, in three equal phases: before, during and after the attack.") var seconds = 6.0
         @Option(name: .customLong("conns"), help: "Healthy echo connections.") var connections = 1000
         @Option(help: "Attack frames a second (at most).") var rate = 100_000
-        @Option(help: "Seed of the attack's random choices.") var seed: UInt64 = 1
+        @Option(help: "Seed of the attack's random choices (switch path).") var seed: UInt64 = 1
+        @Option(help: "switch (the attacker on the virtual switch) or tap (Linux in a namespace, root only: Linux's TCP as the healthy clients, Python raw frames as the attacker).")
+        var path: HostilePath = .switch
         @OptionGroup var output: OutputOptions
+
+        enum HostilePath: String, ExpressibleByArgument { case `switch`, tap }
 
         func validate() throws {
             if !(seconds >= 0.3) { throw ValidationError("--seconds must be at least 0.3 (three phases)") }
@@ -383,6 +387,10 @@ extension Bench {
         }
 
         func run() throws {
+            if path == .tap {
+                try report([try HostileTapBenchmark(seconds: seconds, connections: connections, framesPerSecond: rate).run()], output)
+                return
+            }
             var b = HostileBenchmark(seconds: seconds, connections: connections, framesPerSecond: rate)
             b.seed = seed
             try report([try b.run()], output)
