@@ -46,6 +46,9 @@ struct heretic_ring {
     size_t sqes_size;
     /// Connect addresses, one per SQE slot (a slot is reused only after its SQE was consumed).
     struct sockaddr_in *addresses;
+    /// For tests: every `fail_every`-th submission finds no room, as when the kernel does not
+    /// take more (0: never).
+    unsigned fail_every, fail_count;
     // The provided-buffer ring (one group).
     struct io_uring_buf_ring *br;
     size_t br_size;
@@ -256,6 +259,7 @@ void heretic_ring_buffers_publish(heretic_ring *r) {
 }
 
 static struct io_uring_sqe *ring_sqe(heretic_ring *r, unsigned *slot) {
+    if (r->fail_every && ++r->fail_count % r->fail_every == 0) return NULL;
     unsigned head = __atomic_load_n(r->sq_head, __ATOMIC_ACQUIRE);
     if (r->sqe_tail - head >= r->sq_entries) {
         // Full: submit what is queued (without waiting) and look again.
@@ -342,6 +346,11 @@ int heretic_ring_poll_multishot(heretic_ring *r, int fd, uint64_t user_data) {
     s->len = IORING_POLL_ADD_MULTI;
     s->user_data = user_data;
     return 0;
+}
+
+void heretic_ring_fail_submissions(heretic_ring *r, unsigned every) {
+    r->fail_every = every;
+    r->fail_count = 0;
 }
 
 unsigned heretic_ring_pending(const heretic_ring *r) {

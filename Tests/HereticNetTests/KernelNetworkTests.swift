@@ -15,11 +15,11 @@ final class KernelHost: @unchecked Sendable {
     /// `backend` nil: chosen as in deployments (io_uring unless disabled or forced off with
     /// HERETIC_KERNEL_BACKEND=epoll, which CI does to exercise the fallback).
     init(_ backend: KernelBackend?, receiveBuffers: Int = 2048, receiveBufferSize: Int = 65_536,
-         receiveBuffersInRing: Int = 16) throws {
+         receiveBuffersInRing: Int = 16, ringEntries: Int = 4096) throws {
         runtime = try Runtime(cores: 1, pinThreads: false)
         let made = try runtime.run(on: 0) { core -> String? in
             do throws(NetError) {
-                self.net = try KernelNetwork(core: core, backend: backend, receiveBuffers: receiveBuffers,
+                self.net = try KernelNetwork(core: core, backend: backend, ringEntries: ringEntries, receiveBuffers: receiveBuffers,
                                              receiveBufferSize: receiveBufferSize,
                                              receiveBuffersInRing: receiveBuffersInRing)
                 return nil
@@ -379,6 +379,16 @@ struct KernelNetworkTests {
         // Held for the reader: bounded by its capacity plus what was in flight (a receive
         // buffer on io_uring, a read on epoll), not the 4 MB sent.
         #expect(peak <= 16_384 + 65_536)
+    }
+
+    @Test("submissions the ring has no room for are retried on a later turn; every byte arrives")
+    func submissionRetries() throws {
+        let host = try KernelHost(.uring)
+        defer { host.shutdown() }
+        try host.runtime.run(on: 0) { _ in host.net.failSubmissions(every: 3) }
+        try echoPatterns(host, count: 100, size: 20_000)
+        let retries = try host.runtime.run(on: 0) { _ in host.net.submissionRetries }
+        #expect(retries > 100, "accepts, receives, sends and cancels refused and submitted again: \(retries)")
     }
 
     @Test("a peer that does not read: the engine queues at most the send buffer; writable follows when it reads",

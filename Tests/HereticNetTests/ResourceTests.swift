@@ -203,6 +203,5 @@ struct ConnectionStateSizeTests {
         let slot = MemoryLayout<TCPArena<NoState>.Slot>.stride
         let queue = MemoryLayout<SendQueue>.stride
         #expect(slot + queue <= 128, "slot \(slot) + send queue \(queue) bytes")
-        print("slot", slot, "queue", queue, "tcb", MemoryLayout<TCB>.size, MemoryLayout<TCB>.stride)
     }
 }

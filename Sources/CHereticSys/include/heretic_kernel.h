@@ -60,6 +60,9 @@ int heretic_ring_cancel_fd(heretic_ring *r, int fd, uint64_t user_data);
 /// Multishot poll for readability of `fd` (the core's wake-up eventfd).
 int heretic_ring_poll_multishot(heretic_ring *r, int fd, uint64_t user_data);
 /// SQEs queued and not yet submitted.
+/// For tests: makes every `every`-th submission fail for want of room (0: none), as when
+/// the kernel takes no more.
+void heretic_ring_fail_submissions(heretic_ring *r, unsigned every);
 unsigned heretic_ring_pending(const heretic_ring *r);
 /// Whether the kernel has completions to post or flush (deferred task work, CQ overflow):
 /// an enter with GETEVENTS is due even with nothing to submit.

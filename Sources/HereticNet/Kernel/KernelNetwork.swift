@@ -339,6 +339,11 @@ public final class KernelNetwork: CorePoller {
         resubmissions.append(retry)
     }
 
+    /// For tests: every `every`-th io_uring submission finds no room (0: none).
+    func failSubmissions(every: Int) {
+        if let ring { heretic_ring_fail_submissions(ring, UInt32(every)) }
+    }
+
     /// Submits again what found the ring full (after a reap has made room).
     func resubmit() {
         guard !resubmissions.isEmpty, let ring else { return }
