@@ -66,9 +66,9 @@ public struct HostileBenchmark {
         let clientPort = net.makePort(core: clientCore, pool: pools[clientCore], checksums: true)
         let attackerPort = net.makePort(core: clientCore, pool: pools[clientCore], checksums: true)
         let memory = SendMemory(capacity: sendMemoryCap)
-        var serverConfig = InterfaceConfiguration(mac: Self.serverMAC, address: Self.serverAddress)
-        serverConfig.sendMemory = memory
-        let server = Interface(device: serverPort, pool: pools[0], configuration: serverConfig)
+        let server = Interface(device: serverPort, pool: pools[0],
+                               configuration: InterfaceConfiguration(mac: Self.serverMAC, address: Self.serverAddress),
+                               sendMemory: memory)
         let client = Interface(device: clientPort, pool: pools[clientCore],
                                configuration: InterfaceConfiguration(mac: Self.clientMAC, address: Self.clientAddress))
         let attacker = Attacker(port: attackerPort, pool: pools[clientCore], address: Self.attackerAddress,

@@ -171,9 +171,8 @@ public final class TapStack: @unchecked Sendable {
         } else {
             injector = nil
         }
-        var configuration = InterfaceConfiguration(mac: mac, address: address)
-        configuration.sendMemory = sendMemory
-        interface = Interface(device: nic, pool: pool, configuration: configuration)
+        interface = Interface(device: nic, pool: pool, configuration: InterfaceConfiguration(mac: mac, address: address),
+                              sendMemory: sendMemory)
         let interface = self.interface
         let shared = Unchecked(interface)
         try runtime.run(on: 0) { core in

@@ -252,7 +252,7 @@ struct DefenceTests {
     @Test("the process-wide cap on send memory holds, refusals are counted, and freed memory wakes the refused")
     func sendMemoryCap() throws {
         let memory = SendMemory(capacity: 640 << 10)  // two and a half grants
-        let peer = RawPeer { $0.sendMemory = memory }
+        let peer = RawPeer(sendMemory: memory)
         let logs = (0..<3).map { _ in PushLog() }
         var port: UInt16 = 7000
         var connections: [(ours: UInt32, theirs: UInt32, port: UInt16)] = []

@@ -16,13 +16,13 @@ final class RawPeer: @unchecked Sendable {
     /// Everything the stack sent that a test has not taken yet, dissected, with its bytes.
     var inbox: [(Dissection, [UInt8])] = []
 
-    init(now: UInt64 = 1, mtu: Int = 1500, poolCapacity: Int = 4096,
+    init(now: UInt64 = 1, mtu: Int = 1500, poolCapacity: Int = 4096, sendMemory: SendMemory = .shared,
          configure: (inout InterfaceConfiguration) -> Void = { _ in }) {
         link = MemoryLink(mtu: mtu)
         pool = PacketPool(capacity: poolCapacity)
         var c = InterfaceConfiguration(mac: macB, address: hostB)
         configure(&c)
-        stack = Interface(device: link.b, pool: pool, configuration: c)
+        stack = Interface(device: link.b, pool: pool, configuration: c, sendMemory: sendMemory)
         self.now = now
         // Introduce ourselves (a request for the stack's address teaches it our MAC).
         inject(arp(.request, senderIP: address, targetIP: hostB))

@@ -12,6 +12,9 @@ public struct TimerHandle: Hashable, Sendable {
     /// No timer: cancelling it does nothing (for a stored handle that is not optional, and so
     /// costs no tag byte).
     public static let none = TimerHandle(index: .max, generation: 0)
+
+    /// Whether this is `none` (no timer to cancel).
+    @inlinable public var isNone: Bool { index == .max }
 }
 
 /// A hierarchical timing wheel with one-tick resolution (the core uses one millisecond).

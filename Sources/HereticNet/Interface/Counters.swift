@@ -37,7 +37,8 @@ public struct InterfaceCounters: Equatable, Sendable {
     public var icmpRateLimited = 0
     public var icmpEchoReplies = 0
     /// Frames handled and not counted elsewhere: ARP packets, ICMP messages nothing waits
-    /// for (replies, echo requests to broadcast), and TCP segments handed to TCP.
+    /// for (replies, echo requests to broadcast), and TCP segments handed to TCP (which counts
+    /// those whose options do not parse in `TCPLayer.malformedOptions`).
     public var arpReceived = 0
     public var icmpOther = 0
     public var tcpSegments = 0

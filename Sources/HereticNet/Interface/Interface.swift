@@ -17,8 +17,6 @@ public struct InterfaceConfiguration: Sendable {
     /// they are counted in `icmpRateLimited` and not sent.
     public var icmpErrorsPerSecond = 1000
     public var icmpErrorBurst = 50
-    /// The process-wide cap this interface's TCP send queues are charged to.
-    public var sendMemory = SendMemory.shared
     /// Frames taken from the device per poll.
     public var receiveBatch = 64
     /// Frames that may wait for room in the device's transmit queue; beyond them, new frames
@@ -64,15 +62,21 @@ public final class Interface {
     /// The interface's TCP (created on first use).
     public var tcp: TCPLayer {
         if let t = tcpLayer { return t }
-        let t = TCPLayer(interface: self, sendMemory: configuration.sendMemory)
+        let t = TCPLayer(interface: self, sendMemory: sendMemory)
         tcpLayer = t
         return t
     }
 
-    public init(device: NetworkDevice, pool: PacketPool, configuration: InterfaceConfiguration) {
+    /// `sendMemory`: the process-wide cap this interface's TCP send queues are charged to.
+    public init(device: NetworkDevice, pool: PacketPool, configuration: InterfaceConfiguration,
+                sendMemory: SendMemory = .shared) {
         self.device = device
         self.pool = pool
         self.configuration = configuration
+        self.sendMemory = sendMemory
+        address = configuration.address
+        mac = configuration.mac
+        hasGateway = configuration.gateway != nil
         arp = ARPCache(lifetimeMilliseconds: configuration.arpLifetimeMilliseconds, limit: configuration.arpCacheLimit,
                        pendingAddresses: configuration.arpPendingAddresses,
                        pendingPerAddress: configuration.arpPendingPerAddress,
@@ -87,8 +91,11 @@ public final class Interface {
 
     deinit { tcpLayer?.tearDown() }
 
-    public var address: IPv4Address { configuration.address }
-    public var mac: MACAddress { configuration.mac }
+    /// The configuration's, kept apart for the receive path.
+    public let address: IPv4Address
+    public let mac: MACAddress
+    let hasGateway: Bool
+    let sendMemory: SendMemory
 
     // MARK: Sockets
 
@@ -235,11 +242,14 @@ public final class Interface {
     /// broadcast address; and, with no gateway, any address off our subnet (there is no way
     /// back to it: Linux's reverse-path filter drops those too).
     @inline(__always) func isMartian(_ a: IPv4Address) -> Bool {
-        let r = a.raw, top = r >> 24
-        if top == 0 || top == 127 || r >> 28 >= 0xE || r == address.raw { return true }
-        if configuration.gateway == nil && !onLink(a) { return true }
-        // The subnet's broadcast address (where the subnet has one: /31 and /32 do not).
-        return subnetMask < 0xFFFF_FFFE && r | subnetMask == 0xFFFF_FFFF && r & subnetMask == address.raw & subnetMask
+        let r = a.raw
+        if r & subnetMask == address.raw & subnetMask {
+            // On our subnet (the usual case): only our own address and the subnet's broadcast
+            // (where the subnet has one: /31 and /32 do not) are martian.
+            return r == address.raw || (subnetMask < 0xFFFF_FFFE && r | subnetMask == 0xFFFF_FFFF)
+        }
+        let top = r >> 24
+        return !hasGateway || top == 0 || top == 127 || r >> 28 >= 0xE
     }
 
     /// Whether `a` is on this interface's subnet.
@@ -346,6 +356,7 @@ public final class Interface {
         }
         guard ip.destination == address else { counters.ipNotForUs += 1; return }
         guard t.sourcePort != 0, t.destinationPort != 0 else { counters.portZero += 1; return }
+        counters.tcpSegments += 1
         tcp.segmentArrived(t, source: ip.source)
     }
 

@@ -57,6 +57,13 @@
         return table[i >> 10] + (i & 1023)
     }
 
+    /// The element's address, or nil when `i` is past the end (one check, for indices that
+    /// come from elsewhere).
+    @inline(__always) @inlinable func pointerIfPresent(_ i: Int) -> UnsafeMutablePointer<Element>? {
+        guard i >= 0 && i < count else { return nil }
+        return table[i >> 10] + (i & 1023)
+    }
+
     @inline(__always) @inlinable func append(_ element: Element) {
         if count == capacity { addChunk() }
         (table[count >> 10] + (count & 1023)).initialize(to: element)

@@ -525,16 +525,18 @@ public struct TCB: Sendable, Equatable {
         out.append(.armRetransmit(milliseconds: max(0, Int(Int32(bitPattern: due &- now)))))
     }
 
+    /// Whether an idle check can ever be due: keepalive, the idle timeout, or FIN-WAIT-2's.
+    @inlinable var hasIdleTimers: Bool { keepaliveSeconds != 0 || idleTimeoutSeconds != 0 || state == .finWait2 }
+
     /// When the next idle check is due (nil: no keepalive and no idle timeout).
     @usableFromInline func idleDeadline() -> UInt32? {
-        guard state == .established || state == .closeWait || state == .finWait2 else { return nil }
-        var earliest: UInt32?
-        for due in [idleDue, keepaliveDue, finWait2Due] {
-            guard let due else { continue }
-            if let e = earliest, Int32(bitPattern: due &- e) >= 0 { continue }
-            earliest = due
+        guard hasIdleTimers, state == .established || state == .closeWait || state == .finWait2 else { return nil }
+        func earlier(_ a: UInt32?, _ b: UInt32?) -> UInt32? {
+            guard let a else { return b }
+            guard let b else { return a }
+            return Int32(bitPattern: b &- a) < 0 ? b : a
         }
-        return earliest
+        return earlier(earlier(idleDue, keepaliveDue), finWait2Due)
     }
 
     /// When the idle timeout ends the connection (nil: no idle timeout).

@@ -183,15 +183,15 @@ import CHereticSys
         return UInt32(slots.count - 1)
     }
 
-    @inlinable func ref(_ slot: UInt32) -> UInt64 {
+    @inlinable @inline(__always) func ref(_ slot: UInt32) -> UInt64 {
         ConnectionRef.make(arena: index, generation: slots[Int(slot)].generation, slot: slot)
     }
 
     /// The slot `ref` names if its connection is still there (same generation, in use).
     @inlinable func liveSlot(_ ref: UInt64) -> UInt32? {
         let slot = ConnectionRef.slot(ref)
-        guard Int(slot) < slots.count, slots[Int(slot)].inUse,
-              slots[Int(slot)].generation == ConnectionRef.generation(ref) else { return nil }
+        guard let p = slots.pointerIfPresent(Int(slot)), p.pointee.inUse,
+              p.pointee.generation == ConnectionRef.generation(ref) else { return nil }
         return slot
     }
 
@@ -339,36 +339,43 @@ import CHereticSys
     /// connection cannot send any more.
     @inlinable func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
         guard let slot = liveSlot(ref) else { return 0 }
-        let s = Int(slot)
-        let state = slots[s].tcb.state
+        let q = queues.pointer(Int(slot))
+        let state = slots[Int(slot)].tcb.state
         guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
-              !queues[s].closeRequested else { return 0 }
-        let limit = queues[s].limit(default: layer.sendBufferSize)
-        var n = min(bytes.count, limit - queues[s].pending)
-        if n <= 0 {
-            queues[s].wantWritable = true
-            layer.sendBufferFullCount += 1
-            return 0
+              !q.pointee.closeRequested else { return 0 }
+        let limit = q.pointee.limit(default: layer.sendBufferSize)
+        var n = bytes.count
+        if q.pointee.pending + n > limit {
+            n = limit - q.pointee.pending
+            if n <= 0 {
+                q.pointee.wantWritable = true
+                layer.sendBufferFullCount += 1
+                return 0
+            }
         }
-        let needed = queues[s].bytes.count + n
-        if needed > queues[s].bytes.capacity {
+        // A drained queue holds no buffer: take a spare one (kept charged to the cap).
+        if q.pointee.bytes.capacity == 0 && !layer.spareBuffers.isEmpty {
+            q.pointee.bytes = layer.spareBuffers.removeLast()
+        }
+        let needed = q.pointee.bytes.count + n
+        if needed > q.pointee.bytes.capacity {
             // The buffer must grow: charge the growth to the process-wide cap, or take only
             // what fits in the buffer as it is.
-            if !layer.grow(&queues[s].bytes, to: needed) {
-                n = queues[s].bytes.capacity - queues[s].bytes.count
-                if !queues[s].capWaiting {
-                    queues[s].capWaiting = true
+            if !layer.grow(&q.pointee.bytes, to: needed) {
+                n = q.pointee.bytes.capacity - q.pointee.bytes.count
+                if !q.pointee.capWaiting {
+                    q.pointee.capWaiting = true
                     layer.capWaiters.append(ref)
                 }
             }
         }
         if n < bytes.count {
-            queues[s].wantWritable = true
+            q.pointee.wantWritable = true
             layer.sendBufferFullCount += 1
         }
         guard n > 0 else { return 0 }
-        queues[s].bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[..<n]))
-        if queues[s].pending >= queues[s].writableMark(default: layer.sendBufferSize) { queues[s].wantWritable = true }
+        q.pointee.bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[..<n]))
+        if q.pointee.pending >= min(TCPLayer.writableThreshold, limit >> 1) { q.pointee.wantWritable = true }
         pump(slot)
         return n
     }
@@ -444,22 +451,24 @@ import CHereticSys
 
     /// Carries out what the state machine asked for, calling the handler for events.
     @inlinable func apply(_ slot: UInt32, _ actions: [TCPAction], payload: UnsafeRawPointer?) {
-        let r = ref(slot)
+        // The slot and its queue stay at these addresses while the handler runs (the stores
+        // never move their elements, and are trimmed only between segments).
+        let p = slots.pointer(Int(slot)), q = queues.pointer(Int(slot))
         let sentBefore = layer.segmentsSent
         var ackWanted = false, ackDelayed = false
         defer {
             // One fresh ACK after everything else, unless a segment already carried it. A
             // delayed one waits (for a reply to carry it) unless one is already owed.
-            if ackWanted || ackDelayed, slots[Int(slot)].inUse, layer.segmentsSent == sentBefore {
-                if ackWanted || queues[Int(slot)].ackOwed {
-                    emit(slot, slots[Int(slot)].tcb.ackSegment(now: layer.clock), payload: nil)
+            if ackWanted || ackDelayed, p.pointee.inUse, layer.segmentsSent == sentBefore {
+                if ackWanted || q.pointee.ackOwed {
+                    emit(slot, p.pointee.tcb.ackSegment(now: layer.clock), payload: nil)
                 } else {
-                    layer.delayAck(r)
+                    layer.delayAck(ref(slot))
                 }
             }
         }
         for action in actions {
-            guard slots[Int(slot)].inUse else { return }
+            guard p.pointee.inUse else { return }
             switch action {
             case .acknowledge:
                 ackWanted = true
@@ -477,7 +486,7 @@ import CHereticSys
                     layer.challengeAckCount += 1
                 }
             case .send(let seg):
-                if seg.flags == .ack && seg.payloadLength == 0 && seg.sequence == slots[Int(slot)].tcb.sndUna - 1 {
+                if seg.flags == .ack && seg.payloadLength == 0 && seg.sequence == p.pointee.tcb.sndUna - 1 {
                     layer.probeCount += 1  // a persist or keepalive probe
                 }
                 emit(slot, seg, payload: nil)
@@ -487,54 +496,53 @@ import CHereticSys
                 layer.retransmitCount += 1
                 emitData(slot, seg)
             case .stash(let offset, let length, let sequence):
-                guard let p = payload else { continue }
-                let tcb = slots[Int(slot)].tcb
-                queues[Int(slot)].hasStash = layer.reassembly.insert(
-                    r, at: sequence, UnsafeRawBufferPointer(start: p + offset, count: length),
-                    rcvNxt: tcb.rcvNxt, window: Int(tcb.rcvWnd))
+                guard let data = payload else { continue }
+                q.pointee.hasStash = layer.reassembly.insert(
+                    ref(slot), at: sequence, UnsafeRawBufferPointer(start: data + offset, count: length),
+                    rcvNxt: p.pointee.tcb.rcvNxt, window: Int(p.pointee.tcb.rcvWnd))
             case .deliver(let offset, let length):
-                guard let p = payload else { continue }
+                guard let data = payload else { continue }
                 var c = connection(slot)
                 layer.callbackDepth += 1
-                slots[Int(slot)].handler.received(UnsafeRawBufferPointer(start: p + offset, count: length), &c)
+                p.pointee.handler.received(UnsafeRawBufferPointer(start: data + offset, count: length), &c)
                 layer.callbackDepth -= 1
             case .connected:
-                if slots[Int(slot)].halfOpen {
-                    slots[Int(slot)].halfOpen = false
+                if p.pointee.halfOpen {
+                    p.pointee.halfOpen = false
                     halfOpen -= 1
                 }
                 var c = connection(slot)
                 layer.callbackDepth += 1
-                slots[Int(slot)].handler.connected(&c)
+                p.pointee.handler.connected(&c)
                 layer.callbackDepth -= 1
             case .peerClosed:
                 var c = connection(slot)
                 layer.callbackDepth += 1
-                slots[Int(slot)].handler.peerClosed(&c)
+                p.pointee.handler.peerClosed(&c)
                 layer.callbackDepth -= 1
             case .closed(let reason):
                 finish(slot, reason)
             case .startTimeWait(let ms):
-                guard !slots[Int(slot)].inTimeWait else {
+                guard !p.pointee.inTimeWait else {
                     setTimer(slot, afterMilliseconds: ms)  // the peer's FIN again: 2 MSL start over
                     continue
                 }
                 if !layer.enterTimeWait() {
                     // The TIME-WAIT table is full: forget this connection now (counted), but
                     // first acknowledge the peer's FIN, or it would retransmit it into a RST.
-                    emit(slot, slots[Int(slot)].tcb.ackSegment(now: layer.clock), payload: nil)
+                    emit(slot, p.pointee.tcb.ackSegment(now: layer.clock), payload: nil)
                     finish(slot, .normal)
                     return
                 }
                 setTimer(slot, afterMilliseconds: ms)
                 // For the application the connection is over: both FINs went by. Only the
                 // stack keeps the 4-tuple, for stray segments.
-                slots[Int(slot)].inTimeWait = true
-                var handler = slots[Int(slot)].handler
+                p.pointee.inTimeWait = true
+                var handler = p.pointee.handler
                 layer.callbackDepth += 1
                 handler.closed(.normal)
                 layer.callbackDepth -= 1
-                slots[Int(slot)].handler = handler
+                p.pointee.handler = handler
             case .armRetransmit(let ms):
                 setTimer(slot, afterMilliseconds: ms)
             case .cancelRetransmit:
@@ -542,9 +550,10 @@ import CHereticSys
                 // data, started persist probing against a closed window, or set an idle
                 // timeout or keepalive after the control block chose to cancel: the timer
                 // follows the connection as it is now.
-                let tcb = slots[Int(slot)].tcb
-                if tcb.sndUna != tcb.sndNxt || tcb.persisting { continue }  // armed for that since
-                if let due = tcb.idleDeadline() {
+                if p.pointee.tcb.sndUna != p.pointee.tcb.sndNxt || p.pointee.tcb.persisting {
+                    continue  // armed for that since
+                }
+                if p.pointee.tcb.hasIdleTimers, let due = p.pointee.tcb.idleDeadline() {
                     setTimer(slot, afterMilliseconds: max(0, Int(Int32(bitPattern: due &- layer.clock))))
                 } else {
                     setTimer(slot, afterMilliseconds: nil)
@@ -556,7 +565,7 @@ import CHereticSys
     /// (Re)arms the connection's one timer to fire after `ms` milliseconds (rounded up a
     /// tick, so never early), or stops it (nil). On the layer's 64-bit clock: no wrap.
     @inlinable func setTimer(_ slot: UInt32, afterMilliseconds ms: Int?) {
-        layer.timers.cancel(slots[Int(slot)].timer)
+        if !slots[Int(slot)].timer.isNone { layer.timers.cancel(slots[Int(slot)].timer) }
         slots[Int(slot)].timer = ms.map { layer.timers.arm(at: layer.now &+ UInt64($0) &+ 1, payload: ref(slot)) } ?? .none
     }
 
@@ -566,7 +575,7 @@ import CHereticSys
 
     @inlinable func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
         let s = slots[Int(slot)]
-        layer.timers.cancel(s.timer)
+        if !s.timer.isNone { layer.timers.cancel(s.timer) }
         if s.inTimeWait { layer.leaveTimeWait() }
         if s.halfOpen { halfOpen -= 1 }
         slots[Int(slot)].inUse = false

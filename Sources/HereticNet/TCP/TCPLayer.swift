@@ -35,6 +35,8 @@ public final class TCPLayer {
     /// carries after the IPv4 and TCP headers, and what a packet buffer holds.
     public let maximumSegmentSize: UInt16
     public private(set) var resetsSent = 0
+    /// Segments whose TCP options did not parse (dropped).
+    public private(set) var malformedOptions = 0
     /// Connections in TIME-WAIT now, the most there may be, and those closed at once because
     /// the table was full.
     public private(set) var timeWaitCount = 0
@@ -333,10 +335,6 @@ public final class TCPLayer {
     /// process-wide cap; false (unchanged) when the cap refuses it.
     @usableFromInline func grow(_ bytes: inout [UInt8], to needed: Int) -> Bool {
         let old = bytes.capacity
-        if old == 0, let spare = spareBuffers.last, spare.capacity >= needed {
-            bytes = spareBuffers.removeLast()  // already charged
-            return true
-        }
         let target = max(needed, 2 * old, 2048)
         guard sendCredit.charge(target - old) else { return false }
         bytes.reserveCapacity(target)
@@ -348,14 +346,14 @@ public final class TCPLayer {
 
     /// Takes a drained queue's buffer: kept as a spare (a bounded few) or freed, its memory
     /// given back to the cap.
-    @usableFromInline func release(_ bytes: inout [UInt8]) {
+    @inlinable func release(_ bytes: inout [UInt8]) {
+        let capacity = bytes.capacity
+        guard capacity > 0 else { return }
         var drained: [UInt8] = []
         swap(&drained, &bytes)
-        let capacity = drained.capacity
-        guard capacity > 0 else { return }
         if spareBuffers.count < Self.spareBufferLimit && capacity <= Self.spareBufferMaxCapacity {
             drained.removeAll(keepingCapacity: true)
-            spareBuffers.append(drained)  // moved in: no retain
+            spareBuffers.append(consume drained)
         } else {
             sendCredit.refund(capacity)
         }
@@ -574,10 +572,9 @@ public final class TCPLayer {
     func segmentArrived(_ tcp: TCPSegment, source: IPv4Address) {
         var options: TCPOptions
         do { options = try tcp.options() } catch {
-            interface.counters.tcpErrors += 1
+            malformedOptions += 1
             return
         }
-        interface.counters.tcpSegments += 1
         let flags = tcp.flags
         if flags.contains(.syn) {
             // The peer's MSS, capped to what this interface carries (RFC 9293 3.7.1: 536
