@@ -161,15 +161,12 @@ public struct HostileBenchmark {
         try onClient { _ in shared.value.4.store(true, ordering: .relaxed) }
         usleep(100_000)
         let (healthy, sent, blocked) = try onClient { _ in (shared.value.3.pointee, shared.value.2.sent, shared.value.2.blocked) }
-        let (counters, tcp) = try runtime.run(on: 0) { _ -> (InterfaceCounters, TCPReport) in
-            (shared.value.0.counters, TCPReport(shared.value.0.tcp))
+        let report = try runtime.run(on: 0) { _ in
+            ServerReport(shared.value.0, memory: memory, reassemblyLimit: reassemblyLimit)
         }
 
         let growth = Int(peak) - Int(rssBefore)
-        let ok = healthy.mismatches == 0 && healthy.closedEarly == 0 && during > 0
-            && growth <= memoryBound && counters.framesAccounted == counters.framesReceived
-            && tcp.timeWaitCount == tcp.timeWaitSlots && memory.inUse <= memory.capacity
-            && tcp.reassemblyBytes <= reassemblyLimit
+        let ok = healthy.mismatches == 0 && healthy.closedEarly == 0 && during > 0 && growth <= memoryBound && report.consistent
         var r = BenchResult(bench: "hostile", verified: ok)
         r.add("path", "switch")
         r.add("conns", conns)
@@ -188,28 +185,28 @@ public struct HostileBenchmark {
         r.add("rss_growth_bound_bytes", memoryBound)
         for kind in AttackKind.allCases { r.add("attack_" + kind.name, sent[kind.rawValue]) }
         r.add("attack_blocked_by_switch", blocked)
-        r.add("frames_received", counters.framesReceived)
-        r.add("frames_accounted", counters.framesAccounted)
-        for (name, value) in counters.nonZero where !["framesReceived", "framesSent"].contains(name) {
-            r.add("drop_" + name, value)
-        }
-        for (name, value) in tcp.fields { r.add("tcp_" + name, value) }
-        r.add("send_memory_in_use", memory.inUse)
-        r.add("send_memory_cap", memory.capacity)
+        report.add(to: &r)
         return r
     }
 }
 
-/// What the server's TCP did, read on its core.
-struct TCPReport: Sendable {
-    var fields: [(String, Int)] = []
-    var timeWaitCount = 0, timeWaitSlots = 0, reassemblyBytes = 0
+/// What the attacked server did, read on its core: its drops by kind and TCP's counters,
+/// and whether its own bookkeeping holds (every frame accounted for, the TIME-WAIT count
+/// agreeing with the slots, send memory and out-of-order data within their caps).
+struct ServerReport: Sendable {
+    let counters: InterfaceCounters
+    let tcp: [(String, Int)]
+    let consistent: Bool
+    let memoryInUse: Int, memoryCap: Int
 
-    init(_ t: TCPLayer) {
-        timeWaitCount = t.timeWaitCount
-        timeWaitSlots = t.timeWaitSlots
-        reassemblyBytes = t.reassemblyBytes
-        fields = [
+    init(_ interface: Interface, memory: SendMemory, reassemblyLimit: Int) {
+        counters = interface.counters
+        let t = interface.tcp
+        memoryInUse = memory.inUse
+        memoryCap = memory.capacity
+        consistent = counters.framesAccounted == counters.framesReceived && t.timeWaitCount == t.timeWaitSlots
+            && memoryInUse <= memoryCap && t.reassemblyBytes <= reassemblyLimit
+        tcp = [
             ("connections", t.connectionCount), ("syn_cookies_sent", t.synCookiesSent),
             ("syn_cookies_validated", t.synCookiesValidated), ("syn_cookies_rejected", t.synCookiesRejected),
             ("syn_backlog_drops", t.synBacklogDrops), ("resets_sent", t.resetsSent),
@@ -220,6 +217,19 @@ struct TCPReport: Sendable {
             ("send_cap_refusals", t.sendCapRefusals), ("send_buffer_bytes", t.sendBufferBytes),
             ("time_wait", t.timeWaitCount), ("time_wait_overflows", t.timeWaitOverflows),
             ("path_mtu_updates", t.pathMTUUpdates), ("icmp_errors_ignored", t.icmpErrorsIgnored),
+            ("malformed_options", t.malformedOptions),
         ]
+    }
+
+    func add(to r: inout BenchResult) {
+        r.add("frames_received", counters.framesReceived)
+        r.add("frames_accounted", counters.framesAccounted)
+        for (name, value) in counters.nonZero where !["framesReceived", "framesSent"].contains(name) {
+            r.add("drop_" + name, value)
+        }
+        for (name, value) in tcp { r.add("tcp_" + name, value) }
+        r.add("send_memory_in_use", memoryInUse)
+        r.add("send_memory_cap", memoryCap)
+        r.add("server_bookkeeping_consistent", consistent)
     }
 }

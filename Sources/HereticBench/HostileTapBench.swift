@@ -183,7 +183,7 @@ public struct HostileTapBenchmark {
             attackLog = runCommand(["cat", "\(tag)-attack.log"]).output
         }
         let rssAfter = ProcessStats.residentBytes()
-        let (counters, tcp) = try stack.onCore { ($0.counters, TCPReport($0.tcp)) }
+        let server = try stack.onCore { ServerReport($0, memory: memory, reassemblyLimit: limit) }
 
         // {"counts": [a, b, c], "bad": n, "rounds": n, "elapsed": s} or {"error": ...}
         let result = healthyLog.split(separator: "\n").first { $0.hasPrefix("RESULT ") }.map { String($0.dropFirst(7)) } ?? "{}"
@@ -199,9 +199,7 @@ public struct HostileTapBenchmark {
         let lost = result.contains("\"error\"") || counts.count != 3
         let rates = counts.count == 3 ? counts.map { Double($0) / phase } : [0, 0, 0]
         let growth = Int(peak) - Int(rssBefore)
-        let ok = !lost && bad == 0 && rates[1] > 0 && attackLog.contains("SENT") && growth <= memoryBound
-            && counters.framesAccounted == counters.framesReceived && tcp.timeWaitCount == tcp.timeWaitSlots
-            && memory.inUse <= memory.capacity && tcp.reassemblyBytes <= reassemblyLimit
+        let ok = !lost && bad == 0 && rates[1] > 0 && attackLog.contains("SENT") && growth <= memoryBound && server.consistent
         var r = BenchResult(bench: "hostile", verified: ok)
         r.add("path", "tap")
         r.add("conns", connections)
@@ -224,14 +222,7 @@ public struct HostileTapBenchmark {
             if kv.count == 2, let v = Int(kv[1]) { r.add("attack_" + kv[0], v) }
         }
         if !attackLog.contains("SENT") { r.add("attack_error", String(attackLog.suffix(400))) }
-        r.add("frames_received", counters.framesReceived)
-        r.add("frames_accounted", counters.framesAccounted)
-        for (name, value) in counters.nonZero where !["framesReceived", "framesSent"].contains(name) {
-            r.add("drop_" + name, value)
-        }
-        for (name, value) in tcp.fields { r.add("tcp_" + name, value) }
-        r.add("send_memory_in_use", memory.inUse)
-        r.add("send_memory_cap", memory.capacity)
+        server.add(to: &r)
         return r
     }
 }

@@ -186,6 +186,32 @@ struct HardeningTests {
         #expect(peer.stack.tcp.reassemblyBytes <= 128 << 10, "held \(peer.stack.tcp.reassemblyBytes) bytes")
     }
 
+    @Test("one-byte out-of-order segments: adjacent ones join one range, scattered ones stop at the range limit")
+    func reassemblyRanges() throws {
+        let peer = RawPeer()
+        try peer.stack.listenTCP(port: 9) { Collector(log: TCPLog()) }
+        let (ours, theirs) = try peer.handshake(port: 9)
+        for i in 0..<4000 {  // contiguous, one byte each, past a one-byte hole
+            peer.inject(peer.tcp(to: 9, sequence: ours &+ 1 &+ UInt32(i), acknowledgment: theirs, flags: .ack, payload: [1]))
+            if i % 50 == 0 { peer.step() }
+        }
+        peer.step(2)
+        let store = peer.stack.tcp.reassembly
+        #expect(store.queues.count == 1 && store.queues.first?.value.ranges.count == 1, "joined into one range")
+        #expect(store.queues.first?.value.ranges.first?.bytes.count == 4000)
+        let peer2 = RawPeer()
+        try peer2.stack.listenTCP(port: 9) { Collector(log: TCPLog()) }
+        let (o2, t2) = try peer2.handshake(port: 9)
+        for i in 0..<1000 {  // every other byte: a range each
+            peer2.inject(peer2.tcp(to: 9, sequence: o2 &+ 2 &+ 2 * UInt32(i), acknowledgment: t2, flags: .ack, payload: [1]))
+            if i % 50 == 0 { peer2.step() }
+        }
+        peer2.step(2)
+        let ranges = peer2.stack.tcp.reassembly.queues.first?.value.ranges.count ?? 0
+        #expect(ranges == peer2.stack.tcp.reassembly.maxRanges, "\(ranges) ranges held")
+        #expect(peer2.stack.tcp.reassemblyDrops >= 1000 - ranges)
+    }
+
     @Test("a peer that never reads cannot make a connection queue without bound")
     func sendQueueBounded() throws {
         let peer = RawPeer(), log = TCPLog()

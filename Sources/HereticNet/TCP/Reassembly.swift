@@ -110,8 +110,9 @@
         // continues (an array doubles when it runs out of room).
         let cost: Int
         if continues {
-            let bytes = q.ranges[index - 1].bytes, needed = bytes.count + piece.count
-            cost = needed <= bytes.capacity ? 0 : max(needed, 2 * bytes.capacity) - bytes.capacity
+            // (Read in place: a copy of the array would make the append below copy it all.)
+            let capacity = q.ranges[index - 1].bytes.capacity, needed = q.ranges[index - 1].bytes.count + piece.count
+            cost = needed <= capacity ? 0 : max(needed, 2 * capacity) - capacity
         } else {
             cost = (piece.count + 15) & ~15 + Self.rangeOverhead
         }

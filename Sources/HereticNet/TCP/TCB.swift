@@ -466,15 +466,7 @@ public struct TCB: Sendable, Equatable {
         case .synReceived:
             out.append(.send(synSegment(ack: true, now: now)))
         default:
-            // Go back N: everything after SND.UNA is sent again as the window allows.
-            let dataInFlight = bytesInFlight
-            if dataInFlight > 0 {
-                var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
-                d.payloadLength = min(dataInFlight, maximumSegmentPayload)
-                out.append(.resendData(d))
-                sndNxt = sndUna + d.payloadLength
-                if finSent { finSent = false; pendingFIN = true }
-            } else if finSent {
+            if !goBackN(now: now, out: &out) && finSent {
                 out.append(.send(segment(sequence: sndUna, flags: [.fin, .ack], now: now)))
             }
         }
@@ -932,15 +924,21 @@ public struct TCB: Sendable, Equatable {
     public mutating func pathMTUDropped(sequence: SequenceNumber, mss: UInt16, now: UInt32, out: inout [TCPAction]) -> Bool {
         guard state.isSynchronized, sequence >= sndUna, sequence < sndMax, mss < sendMSS else { return false }
         sendMSS = max(UInt16(Self.minimumMSS), mss)
+        if goBackN(now: now, out: &out) { out.append(.armRetransmit(milliseconds: Int(rto))) }
+        return true
+    }
+
+    /// Go back N: the oldest unacknowledged data goes out again now, and everything after it
+    /// follows as the window allows (SND.NXT rewinds; a FIN sent waits to follow the data).
+    /// False when no data is in flight.
+    mutating func goBackN(now: UInt32, out: inout [TCPAction]) -> Bool {
         let inFlight = bytesInFlight
-        if inFlight > 0 {
-            var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
-            d.payloadLength = min(inFlight, maximumSegmentPayload)
-            out.append(.resendData(d))
-            sndNxt = sndUna + d.payloadLength
-            if finSent { finSent = false; pendingFIN = true }
-            out.append(.armRetransmit(milliseconds: Int(rto)))
-        }
+        guard inFlight > 0 else { return false }
+        var d = segment(sequence: sndUna, flags: [.psh, .ack], now: now)
+        d.payloadLength = min(inFlight, maximumSegmentPayload)
+        out.append(.resendData(d))
+        sndNxt = sndUna + d.payloadLength
+        if finSent { finSent = false; pendingFIN = true }
         return true
     }
 
