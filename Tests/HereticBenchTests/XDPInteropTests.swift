@@ -61,6 +61,8 @@ struct XDPInteropTests {
         // The connections wind down; then every buffer is back in the pool but those the
         // device keeps in the fill ring (and frames still in flight to Linux).
         let open = try settledCount { try stack.onCore { $0.tcpConnectionCount - $0.tcp.timeWaitCount } }
+        let (kept, looked) = try stack.onCore { ($0.tcp.timeWaitCount, $0.tcp.timeWaitSlots) }
+        #expect(kept == looked, "the TIME-WAIT count (\(kept)) agrees with the slots in TIME-WAIT (\(looked))")
         #expect(open == 0, "no connection left open in Heretic's table")
         let device = Unchecked(bed.device)
         let leaked = try settledCount {
