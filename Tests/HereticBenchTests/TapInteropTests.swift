@@ -219,8 +219,8 @@ struct TapInteropTests {
             #expect(r.status == 0, "close paths: \(r.output)")
             // Only TIME-WAIT (from the closes Heretic made first) may remain, briefly.
             let open = try settledCount { try stack.onCore { $0.tcpConnectionCount - $0.tcp.timeWaitCount } }
-        let (kept, looked) = try stack.onCore { ($0.tcp.timeWaitCount, $0.tcp.timeWaitSlots) }
-        #expect(kept == looked, "the TIME-WAIT count (\(kept)) agrees with the slots in TIME-WAIT (\(looked))")
+            let (kept, looked) = try stack.onCore { ($0.tcp.timeWaitCount, $0.tcp.timeWaitSlots) }
+            #expect(kept == looked, "the TIME-WAIT count (\(kept)) agrees with the slots in TIME-WAIT (\(looked))")
             #expect(open == 0, "no connection left open in Heretic's table")
         }
     }
