@@ -57,10 +57,6 @@ public struct HostileBenchmark {
         let runtime = try Runtime(cores: cores)
         let clientCore = cores - 1
         let net = VirtualSwitch(ringCapacity: 4096)
-        defer {
-            runtime.shutdown()
-            net.detach()
-        }
         let pools = (0..<cores).map { _ in PacketPool(capacity: poolCapacity) }
         let serverPort = net.makePort(core: 0, pool: pools[0], checksums: true)
         let clientPort = net.makePort(core: clientCore, pool: pools[clientCore], checksums: true)
@@ -78,6 +74,11 @@ public struct HostileBenchmark {
         stats.initialize(to: TCPEchoStats())
         let stop = UnsafeAtomic<Bool>.create(false)
         defer { stats.deinitialize(count: 1); stats.deallocate(); stop.destroy() }
+        // The cores stop before what their handlers point to is freed (defers run last first).
+        defer {
+            runtime.shutdown()
+            net.detach()
+        }
         let shared = Unchecked((server, client, attacker, stats, stop))
         let reassemblyLimit = self.reassemblyLimit
 

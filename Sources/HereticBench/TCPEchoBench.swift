@@ -96,12 +96,13 @@ public struct TCPEchoBenchmark {
         // connections. Large rows open in batches and start their loops once all are up.
         let perPort = 16_000
         let large = connections > perPort
-        let pair = try SwitchedPair(layout: layout, ringCapacity: large ? 16_384 : 4096)
-        defer { pair.shutdown() }
         let stats = UnsafeMutablePointer<TCPEchoStats>.allocate(capacity: 1)
         stats.initialize(to: TCPEchoStats())
         let stop = UnsafeAtomic<Bool>.create(false)
         defer { stats.deinitialize(count: 1); stats.deallocate(); stop.destroy() }
+        // The cores stop before what their handlers point to is freed (defers run last first).
+        let pair = try SwitchedPair(layout: layout, ringCapacity: large ? 16_384 : 4096)
+        defer { pair.shutdown() }
         let shared = Unchecked((stats, stop))
         let (conns, size) = (connections, self.size)
         let serverPorts = (conns + perPort - 1) / perPort

@@ -85,11 +85,12 @@ public struct TCPHoldBenchmark {
         guard connections >= 1, connections <= 4_000_000 else { throw BenchError("--conns must be between 1 and 4000000") }
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
         guard inFlight >= 1 else { throw BenchError("--in-flight must be at least 1") }
-        let pair = try SwitchedPair(layout: layout, ringCapacity: 16_384)
-        defer { pair.shutdown() }
         let stats = UnsafeMutablePointer<HoldStats>.allocate(capacity: 1)
         stats.initialize(to: HoldStats())
         defer { stats.deallocate() }
+        // The cores stop before what their handlers point to is freed (defers run last first).
+        let pair = try SwitchedPair(layout: layout, ringCapacity: 16_384)
+        defer { pair.shutdown() }
         let shared = Unchecked(stats)
         // One address pair offers 16,384 ephemeral ports: one server port per 16,000 connections.
         let perPort = 16_000

@@ -71,12 +71,13 @@ public struct TCPShortBenchmark {
     public func run() throws -> BenchResult {
         guard connections >= 1, connections <= 4096 else { throw BenchError("--conns must be between 1 and 4096") }
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
-        let pair = try SwitchedPair(layout: layout)
-        defer { pair.shutdown() }
         let stats = UnsafeMutablePointer<ShortStats>.allocate(capacity: 1)
         stats.initialize(to: ShortStats())
         let stop = UnsafeAtomic<Bool>.create(false)
         defer { stats.deallocate(); stop.destroy() }
+        // The cores stop before what their handlers point to is freed (defers run last first).
+        let pair = try SwitchedPair(layout: layout)
+        defer { pair.shutdown() }
         let shared = Unchecked((stats, stop))
         let (conns, size) = (connections, self.size)
         try pair.start { try $0.listenTCP(port: 7) { ShortServer(size: size) } }

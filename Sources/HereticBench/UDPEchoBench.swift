@@ -105,12 +105,13 @@ public struct UDPEchoBenchmark {
     public func run() throws -> BenchResult {
         guard flows >= 1, flows <= 20_000 else { throw BenchError("--flows must be between 1 and 20000") }
         guard seconds > 0 else { throw BenchError("--seconds must be positive") }
-        let pair = try SwitchedPair(layout: layout, poolCapacity: 32_768)
-        defer { pair.shutdown() }
         let stats = UnsafeMutablePointer<EchoStats>.allocate(capacity: 1)
         stats.initialize(to: EchoStats())
         let stop = UnsafeAtomic<Bool>.create(false)
         defer { stats.deallocate(); stop.destroy() }
+        // The cores stop before what their handlers point to is freed (defers run last first).
+        let pair = try SwitchedPair(layout: layout, poolCapacity: 32_768)
+        defer { pair.shutdown() }
         let shared = Unchecked((stats, stop))
         try pair.start { try $0.bindUDP(port: 7, UDPEchoServer()) }
         let serverEndpoint = UDPEndpoint(SwitchedPair.serverAddress, 7)
