@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -535,6 +536,75 @@ long heretic_sock_recv(int fd, void *buf, size_t len) {
 
 long heretic_sock_send(int fd, const void *buf, size_t len) {
     ssize_t n = send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return n < 0 ? -errno : (long)n;
+}
+
+long heretic_sock_sendv(int fd, const void *const *bases, const long *lens, int count) {
+    struct iovec iov[64];
+    if (count > 64) count = 64;
+    for (int i = 0; i < count; i++) {
+        iov[i].iov_base = (void *)bases[i];
+        iov[i].iov_len = (size_t)lens[i];
+    }
+    struct msghdr msg = {0};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = (size_t)count;
+    ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    return n < 0 ? -errno : (long)n;
+}
+
+// MARK: UDP
+
+int heretic_udp_bind(uint32_t addr, uint16_t port, int reuse_port) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int one = 1;
+    if (reuse_port) setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    struct sockaddr_in a = ipv4(addr, port);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+int heretic_udp_local_port(int fd) {
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    if (getsockname(fd, (struct sockaddr *)&a, &len) < 0) return -errno;
+    return ntohs(a.sin_port);
+}
+
+int heretic_udp_receive(int fd, void *buffers, unsigned size, unsigned count, heretic_datagram *out) {
+    enum { most = 64 };
+    struct mmsghdr msgs[most];
+    struct iovec iov[most];
+    struct sockaddr_in from[most];
+    if (count > most) count = most;
+    for (unsigned i = 0; i < count; i++) {
+        iov[i].iov_base = (char *)buffers + (size_t)i * size;
+        iov[i].iov_len = size;
+        memset(&msgs[i], 0, sizeof msgs[i]);
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = &from[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof from[i];
+    }
+    int n = recvmmsg(fd, msgs, count, MSG_DONTWAIT, NULL);
+    if (n < 0) return -errno;
+    for (int i = 0; i < n; i++) {
+        out[i].length = msgs[i].msg_len;
+        out[i].address = ntohl(from[i].sin_addr.s_addr);
+        out[i].port = ntohs(from[i].sin_port);
+        out[i].truncated = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? 1 : 0;
+    }
+    return n;
+}
+
+long heretic_udp_send(int fd, const void *buf, size_t len, uint32_t addr, uint16_t port) {
+    struct sockaddr_in a = ipv4(addr, port);
+    ssize_t n = sendto(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&a, sizeof a);
     return n < 0 ? -errno : (long)n;
 }
 

@@ -30,11 +30,11 @@ struct TCPEchoServer: TCPHandler {
         self.counts = counts
     }
 
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         if noDelay { connection.setNoDelay(true) }
     }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         counts?.pointee.received += data.count
         guard held.isEmpty else {
             // Already held back (a receive was in flight when the window closed): queue it.
@@ -51,7 +51,7 @@ struct TCPEchoServer: TCPHandler {
         }
     }
 
-    mutating func writable(_ connection: inout TCPConnection) {
+    mutating func writable(_ connection: some TCPConnection) {
         guard !held.isEmpty else { return }
         let n = held.withUnsafeBytes { connection.send($0) }
         held.removeFirst(n)

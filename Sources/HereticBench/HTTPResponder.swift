@@ -31,7 +31,7 @@ struct HTTPResponder: TCPHandler {
         self.headerSeconds = headerSeconds
     }
 
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         connection.setIdleTimeout(seconds: idleSeconds)
         connectedAt = MonotonicClock.nanoseconds()
     }
@@ -39,7 +39,7 @@ struct HTTPResponder: TCPHandler {
     static let maxHead = 8192
     static let maxBody = 1 << 34
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         guard !responded else { return }  // a body or pipelined request: ignored, we close
         if MonotonicClock.nanoseconds() - connectedAt > UInt64(headerSeconds) * 1_000_000_000 {
             head = []
@@ -48,19 +48,19 @@ struct HTTPResponder: TCPHandler {
         }
         head.append(contentsOf: data)
         guard let end = headEnd() else {
-            if head.count > Self.maxHead { fail(431, "Request Header Fields Too Large", &connection) }
+            if head.count > Self.maxHead { fail(431, "Request Header Fields Too Large", connection) }
             return
         }
         responded = true
         let line = String(decoding: head[..<(head.firstIndex(of: 13) ?? end)], as: UTF8.self)
         head = []
         let parts = line.split(separator: " ")
-        guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else { return fail(400, "Bad Request", &connection) }
-        guard parts[0] == "GET" else { return fail(405, "Method Not Allowed", &connection) }
+        guard parts.count == 3, parts[2].hasPrefix("HTTP/1.") else { return fail(400, "Bad Request", connection) }
+        guard parts[0] == "GET" else { return fail(405, "Method Not Allowed", connection) }
         let path = parts[1]
         if path == "/" {
             let body = "Heretic: a user-space TCP/IP stack answered this.\n"
-            respond(200, "OK", contentType: "text/plain", length: body.utf8.count, body: Array(body.utf8), &connection)
+            respond(200, "OK", contentType: "text/plain", length: body.utf8.count, body: Array(body.utf8), connection)
             return connection.close()
         }
         if path == "/reset" {  // for tests of close paths: the connection is aborted (RST)
@@ -68,18 +68,18 @@ struct HTTPResponder: TCPHandler {
         }
         if path.hasPrefix("/bytes/"), let n = Int(path.dropFirst(7)), n >= 0, n <= Self.maxBody {
             remaining = n
-            respond(200, "OK", contentType: "application/octet-stream", length: n, body: [], &connection)
-            fill(&connection)
+            respond(200, "OK", contentType: "application/octet-stream", length: n, body: [], connection)
+            fill(connection)
             return
         }
-        fail(404, "Not Found", &connection)
+        fail(404, "Not Found", connection)
     }
 
-    mutating func writable(_ connection: inout TCPConnection) { fill(&connection) }
+    mutating func writable(_ connection: some TCPConnection) { fill(connection) }
 
     /// Queues body bytes until the send buffer is full (`writable` brings more); closes
     /// after the last.
-    mutating func fill(_ connection: inout TCPConnection) {
+    mutating func fill(_ connection: some TCPConnection) {
         while remaining > 0 {
             let start = offset % GeneratedBody.blockLength
             let n = min(remaining, GeneratedBody.blockLength - start, 16_384)
@@ -104,16 +104,16 @@ struct HTTPResponder: TCPHandler {
         return nil
     }
 
-    mutating func fail(_ status: Int, _ reason: String, _ connection: inout TCPConnection) {
+    mutating func fail(_ status: Int, _ reason: String, _ connection: some TCPConnection) {
         responded = true
         head = []
         let body = "\(status) \(reason)\n"
-        respond(status, reason, contentType: "text/plain", length: body.utf8.count, body: Array(body.utf8), &connection)
+        respond(status, reason, contentType: "text/plain", length: body.utf8.count, body: Array(body.utf8), connection)
         connection.close()
     }
 
     func respond(_ status: Int, _ reason: String, contentType: String, length: Int, body: [UInt8],
-                 _ connection: inout TCPConnection) {
+                 _ connection: some TCPConnection) {
         var text = "HTTP/1.1 \(status) \(reason)\r\nServer: heretic\r\nContent-Type: \(contentType)\r\n"
         text += "Content-Length: \(length)\r\nConnection: close\r\n\r\n"
         var bytes = Array(text.utf8)

@@ -85,8 +85,8 @@ public struct HostileBenchmark {
         try runtime.run(on: 0) { core in
             let s = shared.value.0
             s.tcp.reassemblyLimit = reassemblyLimit
-            try? s.listenTCP(port: 7) { TCPEchoServer() }
-            try? s.listenTCP(port: 80) { HTTPResponder() }
+            _ = try? s.listenTCP(port: 7) { TCPEchoServer() }
+            _ = try? s.listenTCP(port: 80) { HTTPResponder() }
             let poller = InterfacePoller()
             poller.add(s)
             if clientCore == 0 { poller.add(shared.value.1) }

@@ -50,7 +50,7 @@ struct EchoLoadClient: TCPHandler {
 
     func header(_ seq: UInt64) -> UnsafeMutableRawPointer { block + size + Int(seq % UInt64(window)) * 16 }
 
-    mutating func sendMore(_ connection: inout TCPConnection) {
+    mutating func sendMore(_ connection: some TCPConnection) {
         let room = window - Int(sent - received)
         guard room > 0, !stop.load(ordering: .relaxed) else { return }
         let n = min(room, max(1, batch))
@@ -68,13 +68,13 @@ struct EchoLoadClient: TCPHandler {
         }
     }
 
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         stats.pointee.connected += 1
         connection.setNoDelay(true)
-        sendMore(&connection)
+        sendMore(connection)
     }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         var i = 0
         let now = stats.pointee.measuring ? MonotonicClock.nanoseconds() : 0
         while i < data.count {
@@ -107,7 +107,7 @@ struct EchoLoadClient: TCPHandler {
             if offset == size { complete(now) }
         }
         // Refill once half the window has come back (ping-pong: each message).
-        if window - Int(sent - received) >= max(1, batch) { sendMore(&connection) }
+        if window - Int(sent - received) >= max(1, batch) { sendMore(connection) }
     }
 
     /// The message `received` is all here: count it, and its latency while measuring.

@@ -94,7 +94,7 @@ func echoMatches(_ data: UnsafeRawBufferPointer, at offset: Int, flow: UInt32, s
 
 /// Sends the message for (flow, sequence) of `size` bytes on `connection`.
 @inline(__always)
-func sendMessage(_ connection: inout TCPConnection, flow: UInt32, sequence: UInt32, size: Int) {
+func sendMessage(_ connection: some TCPConnection, flow: UInt32, sequence: UInt32, size: Int) {
     withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { buffer in
         formatMessage(flow: flow, sequence: sequence, into: buffer.baseAddress!, length: size)
         _ = connection.send(UnsafeRawBufferPointer(buffer))

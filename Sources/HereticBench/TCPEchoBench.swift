@@ -34,31 +34,31 @@ struct TCPEchoClient: TCPHandler {
     var ok = true
     var sentAt: UInt64 = 0
 
-    mutating func sendNext(_ connection: inout TCPConnection) {
+    mutating func sendNext(_ connection: some TCPConnection) {
         got = 0
         ok = true
         sentAt = MonotonicClock.nanoseconds()
-        sendMessage(&connection, flow: flow, sequence: sequence, size: size)
+        sendMessage(connection, flow: flow, sequence: sequence, size: size)
     }
 
     /// A connection's flow number, from its ports: the client and whoever starts it agree.
-    static func flow(of connection: TCPConnection) -> UInt32 {
+    static func flow(of connection: some TCPConnection) -> UInt32 {
         UInt32(connection.localPort) | UInt32(connection.remote.port) << 16
     }
 
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         stats.pointee.connected += 1
         flow = Self.flow(of: connection)
-        if stats.pointee.startOnConnect { sendNext(&connection) }
+        if stats.pointee.startOnConnect { sendNext(connection) }
     }
 
     /// The first message of a connection that did not start on connect (sequence 0, sent
     /// from outside the handler, so no RTT sample for it).
-    static func start(_ connection: inout TCPConnection, size: Int) {
-        sendMessage(&connection, flow: flow(of: connection), sequence: 0, size: size)
+    static func start(_ connection: some TCPConnection, size: Int) {
+        sendMessage(connection, flow: flow(of: connection), sequence: 0, size: size)
     }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         // The echo may arrive in pieces: check each against the expected bytes at its offset.
         if !echoMatches(data, at: got, flow: flow, sequence: sequence, size: size) { ok = false }
         got += data.count
@@ -69,7 +69,7 @@ struct TCPEchoClient: TCPHandler {
         }
         if stop.load(ordering: .relaxed) { return }
         sequence &+= 1
-        sendNext(&connection)
+        sendNext(connection)
     }
 
     mutating func closed(_ reason: TCPCloseReason) { stats.pointee.closedEarly += 1 }
@@ -130,8 +130,8 @@ public struct TCPEchoBenchmark {
         }
         if large {
             // Every connection sends its first message, in batches the queues absorb.
-            let list = try pair.onClient { _ -> Unchecked<UnsafeMutablePointer<[TCPConnection]>> in
-                let p = UnsafeMutablePointer<[TCPConnection]>.allocate(capacity: 1)
+            let list = try pair.onClient { _ -> Unchecked<UnsafeMutablePointer<[TCPConnectionHandle]>> in
+                let p = UnsafeMutablePointer<[TCPConnectionHandle]>.allocate(capacity: 1)
                 p.initialize(to: [])
                 pair.client.tcp.forEachConnection { p.pointee.append($0) }
                 return Unchecked(p)
@@ -141,7 +141,7 @@ public struct TCPEchoBenchmark {
             var started = 0
             while started < total {
                 let from = started, to = min(total, started + 4000)
-                try pair.onClient { _ in for i in from..<to { TCPEchoClient.start(&list.value.pointee[i], size: size) } }
+                try pair.onClient { _ in for i in from..<to { TCPEchoClient.start(list.value.pointee[i], size: size) } }
                 started = to
                 try pair.waitOnClient("first echoes did not come back", seconds: 300) { _ in
                     Int(shared.value.0.pointee.echoes) + 16_000 >= to

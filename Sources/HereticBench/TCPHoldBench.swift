@@ -19,7 +19,7 @@ struct HoldStats {
     /// Every client connection, and the next one to push to: each echo that comes back sends
     /// the next message on the next connection in turn, so every connection carries traffic
     /// while the messages in flight stay bounded (a push service's pacing).
-    var roster: UnsafeMutablePointer<[TCPConnection]>?
+    var roster: UnsafeMutablePointer<[TCPConnectionHandle]>?
     var cursor = 0
     var sequence: UInt32 = 0
 }
@@ -31,9 +31,9 @@ struct HoldClient: TCPHandler {
     var sequence: UInt32 = 0
     var got: UInt16 = 0
 
-    mutating func connected(_ connection: inout TCPConnection) { stats.pointee.established += 1 }
+    mutating func connected(_ connection: some TCPConnection) { stats.pointee.established += 1 }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         got &+= UInt16(data.count)
         guard got >= 150 else { return }
         got = 0
@@ -42,11 +42,11 @@ struct HoldClient: TCPHandler {
         let i = stats.pointee.cursor
         stats.pointee.cursor = i + 1 == roster.pointee.count ? 0 : i + 1
         stats.pointee.sequence &+= 1
-        HoldClient.send(&roster.pointee[i], stats.pointee.sequence)
+        HoldClient.send(roster.pointee[i], stats.pointee.sequence)
     }
 
-    static func send(_ connection: inout TCPConnection, _ sequence: UInt32) {
-        sendMessage(&connection, flow: UInt32(truncatingIfNeeded: connection.localPort), sequence: sequence, size: 150)
+    static func send(_ connection: some TCPConnection, _ sequence: UInt32) {
+        sendMessage(connection, flow: UInt32(truncatingIfNeeded: connection.localPort), sequence: sequence, size: 150)
     }
 
     mutating func closed(_ reason: TCPCloseReason) {
@@ -134,8 +134,8 @@ public struct TCPHoldBenchmark {
         }
         // `inFlight` messages circulate over all the connections in turn; they start in
         // batches, as establishment did, so they do not overflow the queues at once.
-        let list = try pair.onClient { _ -> Unchecked<UnsafeMutablePointer<[TCPConnection]>> in
-            let p = UnsafeMutablePointer<[TCPConnection]>.allocate(capacity: 1)
+        let list = try pair.onClient { _ -> Unchecked<UnsafeMutablePointer<[TCPConnectionHandle]>> in
+            let p = UnsafeMutablePointer<[TCPConnectionHandle]>.allocate(capacity: 1)
             p.initialize(to: [])
             pair.client.tcp.forEachConnection { p.pointee.append($0) }
             shared.value.pointee.roster = p
@@ -148,7 +148,7 @@ public struct TCPHoldBenchmark {
         while started < window {
             let from = started, to = min(window, started + 4000)
             try pair.onClient { _ in
-                for i in from..<to { HoldClient.send(&list.value.pointee[i], 0) }
+                for i in from..<to { HoldClient.send(list.value.pointee[i], 0) }
                 shared.value.pointee.cursor = to == total ? 0 : to
             }
             started = to

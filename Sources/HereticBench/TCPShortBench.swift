@@ -15,7 +15,7 @@ struct ShortStats {
 struct ShortServer: TCPHandler {
     let size: Int
     var got = 0
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         connection.send(data)
         got += data.count
         if got >= size { connection.close() }
@@ -35,18 +35,18 @@ struct ShortClient: TCPHandler {
     var got = 0
     var ok = true
 
-    mutating func connected(_ connection: inout TCPConnection) {
-        sendMessage(&connection, flow: flow, sequence: sequence, size: size)
+    mutating func connected(_ connection: some TCPConnection) {
+        sendMessage(connection, flow: flow, sequence: sequence, size: size)
     }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         if !echoMatches(data, at: got, flow: flow, sequence: sequence, size: size) { ok = false }
         got += data.count
     }
 
     /// The server closes first (the brief's server loop ends with close), so it holds
     /// TIME-WAIT and the client's port is free again at once.
-    mutating func peerClosed(_ connection: inout TCPConnection) { connection.close() }
+    mutating func peerClosed(_ connection: some TCPConnection) { connection.close() }
 
     mutating func closed(_ reason: TCPCloseReason) {
         if reason == .normal && ok && got == size { stats.pointee.cycles &+= 1 } else { stats.pointee.failures &+= 1 }

@@ -28,7 +28,7 @@ struct StreamPeer: TCPHandler {
     var receivedOffset = 0
 
     /// Sends until the connection's send buffer is full (`writable` asks for more).
-    mutating func fill(_ connection: inout TCPConnection) {
+    mutating func fill(_ connection: some TCPConnection) {
         let chunk = 16 * 1024
         while !stats.pointee.stop {
             let window = sentOffset % (1 << 16)
@@ -39,10 +39,10 @@ struct StreamPeer: TCPHandler {
         }
     }
 
-    mutating func connected(_ connection: inout TCPConnection) { fill(&connection) }
-    mutating func writable(_ connection: inout TCPConnection) { fill(&connection) }
+    mutating func connected(_ connection: some TCPConnection) { fill(connection) }
+    mutating func writable(_ connection: some TCPConnection) { fill(connection) }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         // In pieces that stay inside the pattern's two copies (data past a filled hole can
         // come as one delivery of up to a whole out-of-order range).
         var i = 0

@@ -176,9 +176,9 @@ public final class TapStack: @unchecked Sendable {
         let interface = self.interface
         let shared = Unchecked(interface)
         try runtime.run(on: 0) { core in
-            try? shared.value.listenTCP(port: 7) { TCPEchoServer() }
-            try? shared.value.listenTCP(port: 80) { HTTPResponder(idleSeconds: httpIdleSeconds, headerSeconds: httpHeaderSeconds) }
-            try? shared.value.bindUDP(port: 7, UDPEchoServer())
+            _ = try? shared.value.listenTCP(port: 7) { TCPEchoServer() }
+            _ = try? shared.value.listenTCP(port: 80) { HTTPResponder(idleSeconds: httpIdleSeconds, headerSeconds: httpHeaderSeconds) }
+            _ = try? shared.value.bindUDP(port: 7, UDPEchoServer())
             let poller = InterfacePoller()
             poller.add(shared.value)
             core.addPoller(poller)

@@ -63,14 +63,14 @@ struct EchoClientFlow: UDPHandler {
     let size: Int
     var sequence: UInt32 = 0
 
-    func send(_ socket: inout UDPSocket) {
+    func send(_ socket: some UDPSocket) {
         withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { buffer in
             formatMessage(flow: flow, sequence: sequence, into: buffer.baseAddress!, length: size)
             socket.send(UnsafeRawBufferPointer(buffer), to: server)
         }
     }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {
+    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: some UDPSocket) {
         let ok = withUnsafeTemporaryAllocation(byteCount: size, alignment: 8) { expected -> Bool in
             formatMessage(flow: flow, sequence: sequence, into: expected.baseAddress!, length: size)
             return data.count == size && memcmp(data.baseAddress!, expected.baseAddress!, size) == 0
@@ -78,14 +78,14 @@ struct EchoClientFlow: UDPHandler {
         if ok { stats.pointee.echoes &+= 1 } else { stats.pointee.mismatches &+= 1 }
         if stop.load(ordering: .relaxed) { return }
         sequence &+= 1
-        send(&socket)
+        send(socket)
     }
 }
 
 /// Echoes every datagram back to its sender.
 public struct UDPEchoServer: UDPHandler {
     public init() {}
-    public mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {
+    public mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: some UDPSocket) {
         socket.send(data, to: peer)
     }
 }
@@ -120,14 +120,14 @@ public struct UDPEchoBenchmark {
             EchoClientFlow(stats: shared.value.0, stop: shared.value.1, server: serverEndpoint, flow: UInt32(f), size: size)
         }
         try pair.onClient { _ in
-            for f in 0..<flows { try? pair.client.bindUDP(port: UInt16(10_000 + f), flow(f)) }
+            for f in 0..<flows { _ = try? pair.client.bindUDP(port: UInt16(10_000 + f), flow(f)) }
         }
         let rssBefore = ProcessStats.residentBytes()
         let start = MonotonicClock.nanoseconds()
         try pair.onClient { _ in
             for f in 0..<flows {
                 var socket = pair.client.udpSocket(port: UInt16(10_000 + f))
-                flow(f).send(&socket)
+                flow(f).send(socket)
             }
         }
         while Double(MonotonicClock.nanoseconds() - start) / 1e9 < seconds { usleep(10_000) }

@@ -318,11 +318,11 @@ struct UploadClient: TCPHandler {
     let log: TransferLog
     let upload: Int
 
-    mutating func connected(_ connection: inout TCPConnection) { fill(&connection) }
-    mutating func writable(_ connection: inout TCPConnection) { fill(&connection) }
+    mutating func connected(_ connection: some TCPConnection) { fill(connection) }
+    mutating func writable(_ connection: some TCPConnection) { fill(connection) }
 
     /// Sends until the send buffer is full (`writable` brings more), counting what it took.
-    func fill(_ connection: inout TCPConnection) {
+    func fill(_ connection: some TCPConnection) {
         while log.sentBytes < upload {
             let n = min(16_384, upload - log.sentBytes)
             let base = log.sentBytes
@@ -341,7 +341,7 @@ struct UploadClient: TCPHandler {
         }
     }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         var bytes = data[...]
         if log.header.count < 16 {
             let take = min(16 - log.header.count, bytes.count)
@@ -355,6 +355,6 @@ struct UploadClient: TCPHandler {
         }
     }
 
-    mutating func peerClosed(_ connection: inout TCPConnection) {}
+    mutating func peerClosed(_ connection: some TCPConnection) {}
     mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
 }

@@ -4,7 +4,7 @@ import Testing
 /// Receives and never reads more than it is sent... a peer that reads: counts what arrives.
 struct Counter: TCPHandler {
     let log: TCPLog
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         log.received += data
     }
     mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
@@ -20,7 +20,7 @@ final class PushLog: @unchecked Sendable {
 struct Pusher: TCPHandler {
     let total: Int
     let log: PushLog
-    mutating func push(_ connection: inout TCPConnection) {
+    mutating func push(_ connection: some TCPConnection) {
         let chunk = [UInt8](repeating: 0x42, count: 32_768)
         while log.sent < total {
             let n = chunk.withUnsafeBytes { connection.send(UnsafeRawBufferPointer(rebasing: $0[..<min(chunk.count, total - log.sent)])) }
@@ -32,10 +32,10 @@ struct Pusher: TCPHandler {
             }
         }
     }
-    mutating func connected(_ connection: inout TCPConnection) { push(&connection) }
-    mutating func writable(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) { push(connection) }
+    mutating func writable(_ connection: some TCPConnection) {
         log.writables += 1
-        push(&connection)
+        push(connection)
     }
     mutating func closed(_ reason: TCPCloseReason) { log.closed = reason }
 }
@@ -112,8 +112,8 @@ struct DefenceTests {
         let net = TwoHosts(), other = TwoHosts()
         var first: [UInt16] = [], otherFirst: [UInt16] = []
         for port in 1...200 {
-            first.append(net.a.connectTCP(to: TCPEndpoint(hostB, UInt16(port)), Collector(log: TCPLog())))
-            otherFirst.append(other.a.connectTCP(to: TCPEndpoint(hostB, UInt16(port)), Collector(log: TCPLog())))
+            first.append(net.a.connectTCP(to: TCPEndpoint(hostB, UInt16(port)), Collector(log: TCPLog())).localPort)
+            otherFirst.append(other.a.connectTCP(to: TCPEndpoint(hostB, UInt16(port)), Collector(log: TCPLog())).localPort)
         }
         #expect(first.allSatisfy { TCPLayer.ephemeralRange.contains($0) })
         let steps = zip(first, first.dropFirst()).filter { $1 == $0 &+ 1 }.count

@@ -5,7 +5,7 @@ import Testing
 struct BigResponder: TCPHandler {
     let size: Int
     var answered = false
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         guard !answered else { return }
         answered = true
         let body = [UInt8](repeating: 0x5A, count: size)
@@ -16,8 +16,8 @@ struct BigResponder: TCPHandler {
 /// Closes its side as soon as the handshake completes (the stack sends FIN first).
 struct FirstCloser: TCPHandler {
     let log: TCPLog
-    mutating func connected(_ connection: inout TCPConnection) { connection.close() }
-    mutating func peerClosed(_ connection: inout TCPConnection) { log.events.append("peer closed") }
+    mutating func connected(_ connection: some TCPConnection) { connection.close() }
+    mutating func peerClosed(_ connection: some TCPConnection) { log.events.append("peer closed") }
     mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
 }
 
@@ -25,7 +25,7 @@ struct FirstCloser: TCPHandler {
 struct Flooder: TCPHandler {
     let chunk: Int, times: Int
     let log: TCPLog
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         let bytes = [UInt8](repeating: 1, count: chunk)
         for _ in 0..<times {
             bytes.withUnsafeBytes { b in log.events.append("\(connection.send(b))") }
@@ -74,7 +74,7 @@ struct HardeningTests {
         let accepted = try #require(listener.accept(), "accepted into arena 0, slot 0")
         #expect(accepted.isOpen)
         // A connection to a host that never answers, aborted while it waits.
-        let socket = TCPSocket(layer: peer.stack.tcp, remote: TCPEndpoint(peer.address, 5555), receiveCapacity: 65_536)
+        let socket = TCPSocket(engine: peer.stack.tcp, remote: TCPEndpoint(peer.address, 5555), receiveCapacity: 65_536)
         // (What `Interface.connect(to:notify:)` does, without the task that would wait.)
         (socket.localPort, socket.ref) = peer.stack.tcp.connect(to: TCPEndpoint(peer.address, 5555),
                                                                 receiveWindow: socket.receiveCapacity,

@@ -3,7 +3,7 @@ import Testing
 
 /// Echoes every datagram back to its sender.
 struct EchoHandler: UDPHandler {
-    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {
+    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: some UDPSocket) {
         socket.send(data, to: peer)
     }
 }
@@ -12,7 +12,7 @@ struct EchoHandler: UDPHandler {
 final class Inbox: @unchecked Sendable { var datagrams: [(UDPEndpoint, [UInt8])] = [] }
 struct CollectHandler: UDPHandler {
     let inbox: Inbox
-    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: inout UDPSocket) {
+    mutating func received(_ data: UnsafeRawBufferPointer, from peer: UDPEndpoint, _ socket: some UDPSocket) {
         inbox.datagrams.append((peer, Array(data)))
     }
 }

@@ -69,7 +69,7 @@ struct PatternClient: TCPHandler {
     let log: KernelLog
     var checked = 0
 
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         log.events.append("connected")
         let bytes = (0..<total).map(pattern)
         var offset = 0
@@ -81,7 +81,7 @@ struct PatternClient: TCPHandler {
         }
     }
 
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         for b in data {
             if b != pattern(checked) { log.mismatches += 1 }
             checked += 1
@@ -96,7 +96,7 @@ struct PatternClient: TCPHandler {
 /// Echoes, and records how its connection ended.
 struct LoggedEcho: TCPHandler {
     let log: KernelLog
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         connection.send(data)
     }
     mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
@@ -104,13 +104,13 @@ struct LoggedEcho: TCPHandler {
 
 /// Aborts as soon as it is connected.
 struct Aborter: TCPHandler {
-    mutating func connected(_ connection: inout TCPConnection) { connection.abort() }
+    mutating func connected(_ connection: some TCPConnection) { connection.abort() }
 }
 
 /// Sets an idle timeout and says nothing.
 struct Idler: TCPHandler {
     let log: KernelLog
-    mutating func connected(_ connection: inout TCPConnection) { connection.setIdleTimeout(seconds: 1) }
+    mutating func connected(_ connection: some TCPConnection) { connection.setIdleTimeout(seconds: 1) }
     mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
 }
 

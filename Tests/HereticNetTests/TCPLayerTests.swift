@@ -10,7 +10,7 @@ final class TCPLog: @unchecked Sendable {
 
 /// Echoes everything back, closes when the peer does.
 struct TCPEcho: TCPHandler {
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         connection.send(data)
     }
 }
@@ -20,7 +20,7 @@ struct TCPEcho: TCPHandler {
 struct Outbox {
     let bytes: [UInt8]
     var sent = 0
-    mutating func push(_ connection: inout TCPConnection) {
+    mutating func push(_ connection: some TCPConnection) {
         while sent < bytes.count {
             let n = bytes.withUnsafeBytes { connection.send(UnsafeRawBufferPointer(rebasing: $0[sent...])) }
             sent += n
@@ -38,16 +38,16 @@ struct TCPClient: TCPHandler {
         self.log = log
         outbox = Outbox(bytes: message)
     }
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         log.events.append("connected")
-        outbox.push(&connection)
+        outbox.push(connection)
     }
-    mutating func writable(_ connection: inout TCPConnection) { outbox.push(&connection) }
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func writable(_ connection: some TCPConnection) { outbox.push(connection) }
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         log.received += data
         if log.received.count == message.count { connection.close() }
     }
-    mutating func peerClosed(_ connection: inout TCPConnection) { log.events.append("peer closed") }
+    mutating func peerClosed(_ connection: some TCPConnection) { log.events.append("peer closed") }
     mutating func closed(_ reason: TCPCloseReason) {
         log.events.append("closed \(reason)")
         log.closedReason = reason
@@ -72,13 +72,13 @@ struct BulkPeer: TCPHandler {
     }
 
     /// Sends what the send buffer takes; closes once everything went and everything came.
-    mutating func sendAll(_ connection: inout TCPConnection) {
-        outbox.push(&connection)
+    mutating func sendAll(_ connection: some TCPConnection) {
+        outbox.push(connection)
         if checked == total && outbox.sent == total { connection.close() }
     }
-    mutating func connected(_ connection: inout TCPConnection) { sendAll(&connection) }
-    mutating func writable(_ connection: inout TCPConnection) { sendAll(&connection) }
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) { sendAll(connection) }
+    mutating func writable(_ connection: some TCPConnection) { sendAll(connection) }
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         for b in data {
             if b != pattern(checked) { mismatches += 1 }
             checked += 1
@@ -88,39 +88,39 @@ struct BulkPeer: TCPHandler {
             if outbox.sent == total { connection.close() }
         }
     }
-    mutating func peerClosed(_ connection: inout TCPConnection) { log.events.append("peer closed") }
+    mutating func peerClosed(_ connection: some TCPConnection) { log.events.append("peer closed") }
     mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
 }
 
 /// The accepting side of the bulk test: sends as soon as the handshake completes.
 struct BulkServer: TCPHandler {
     var peer: BulkPeer
-    mutating func connected(_ connection: inout TCPConnection) { peer.sendAll(&connection) }
-    mutating func writable(_ connection: inout TCPConnection) { peer.sendAll(&connection) }
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
-        peer.received(data, &connection)
+    mutating func connected(_ connection: some TCPConnection) { peer.sendAll(connection) }
+    mutating func writable(_ connection: some TCPConnection) { peer.sendAll(connection) }
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
+        peer.received(data, connection)
     }
-    mutating func peerClosed(_ connection: inout TCPConnection) { peer.peerClosed(&connection) }
+    mutating func peerClosed(_ connection: some TCPConnection) { peer.peerClosed(connection) }
     mutating func closed(_ reason: TCPCloseReason) { peer.closed(reason) }
 }
 
 /// Sets an idle timeout as soon as it is connected, and records how it ended.
 struct IdleGuard: TCPHandler {
     let log: TCPLog
-    mutating func connected(_ connection: inout TCPConnection) { connection.setIdleTimeout(seconds: 1) }
+    mutating func connected(_ connection: some TCPConnection) { connection.setIdleTimeout(seconds: 1) }
     mutating func closed(_ reason: TCPCloseReason) { log.closedReason = reason }
 }
 
 /// Collects what arrives.
 struct Collector: TCPHandler {
     let log: TCPLog
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) { log.received += data }
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) { log.received += data }
 }
 
 /// Writes `chunks` pieces of `size` bytes at once with Nagle off; piece k holds bytes k + 1.
 struct ChunkWriter: TCPHandler {
     let chunks: Int, size: Int
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         connection.setNoDelay(true)
         for k in 0..<chunks {
             [UInt8](repeating: UInt8(k + 1), count: size).withUnsafeBytes { _ = connection.send($0) }
@@ -140,14 +140,14 @@ final class Chain: @unchecked Sendable {
 struct ChainClient: TCPHandler {
     let chain: Chain
     var got = 0
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         [UInt8](repeating: 7, count: 100).withUnsafeBytes { _ = connection.send($0) }
     }
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         got += data.count
         if got == 100 { connection.close() }
     }
-    mutating func peerClosed(_ connection: inout TCPConnection) {}
+    mutating func peerClosed(_ connection: some TCPConnection) {}
     mutating func closed(_ reason: TCPCloseReason) {
         if reason == .normal && got == 100 { chain.completed += 1 } else { chain.failures += 1 }
         guard chain.remaining > 0, let iface = chain.interface else { return }
@@ -159,7 +159,7 @@ struct ChainClient: TCPHandler {
 /// Counts how many pieces the data arrives in.
 struct PieceCounter: TCPHandler {
     let log: TCPLog
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         log.events.append("piece \(data.count)")
         log.received += data
     }
@@ -168,7 +168,7 @@ struct PieceCounter: TCPHandler {
 /// Writes three small pieces back to back as soon as it connects.
 struct SmallWriter: TCPHandler {
     let noDelay: Bool
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         connection.setNoDelay(noDelay)
         for piece in ["a", "bb", "ccc"] { Array(piece.utf8).withUnsafeBytes { _ = connection.send($0) } }
     }
@@ -467,7 +467,7 @@ struct TCPLayerTests {
 /// Connects, turns keepalive on (1 s), then stays silent.
 struct KeepaliveClient: TCPHandler {
     let log: TCPLog
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         log.events.append("connected")
         connection.setKeepalive(seconds: 1)
     }
@@ -477,7 +477,7 @@ struct KeepaliveClient: TCPHandler {
 /// Connects with a 2 s idle timeout and sends one message at once (echoed), then nothing.
 struct IdleClient: TCPHandler {
     let log: TCPLog
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         connection.setIdleTimeout(seconds: 2)
         Array("x".utf8).withUnsafeBytes { _ = connection.send($0) }
     }

@@ -200,12 +200,12 @@ struct TCPSocketTests {
         defer { hosts.shutdown() }
         let net = hosts.net, results = TaskResults()
         try hosts.runtime.run(on: 0) { core in
-            try? net.b.listenTCP(port: 7) { TCPEcho() }
+            _ = try? net.b.listenTCP(port: 7) { TCPEcho() }
             let pool = core.makePool(of: EchoClientTask.self)
             pool.spawn(EchoClientTask(connect: { net.a.connect(to: TCPEndpoint(hostB, 7), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 0))
             pool.spawn(EchoClientTask(connect: { net.a.connect(to: TCPEndpoint(hostB, 9), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 1))
             // A server that never answers: recv times out.
-            try? net.b.listenTCP(port: 8) { Silent() }
+            _ = try? net.b.listenTCP(port: 8) { Silent() }
             pool.spawn(EchoClientTask(connect: { net.a.connect(to: TCPEndpoint(hostB, 8), timeoutMilliseconds: 5000, notify: $0) }, results: results, index: 2))
         }
         let deadline = MonotonicClock.nanoseconds() + 30_000_000_000

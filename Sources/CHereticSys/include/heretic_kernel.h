@@ -111,6 +111,26 @@ int heretic_socket_error(int fd);
 /// Non-blocking receive and send (MSG_NOSIGNAL): bytes, 0 at end of stream, or -errno.
 long heretic_sock_recv(int fd, void *buf, size_t len);
 long heretic_sock_send(int fd, const void *buf, size_t len);
+/// Non-blocking gathering send of `count` buffers (at most 64): bytes, or -errno.
+long heretic_sock_sendv(int fd, const void *const *bases, const long *lens, int count);
+
+// UDP (IPv4 addresses and ports in host order).
+/// One received datagram: its length (at most the buffer's size; `truncated` when it was larger)
+/// and its sender.
+typedef struct heretic_datagram {
+    uint32_t length;
+    uint32_t address;
+    uint16_t port;
+    uint16_t truncated;
+} heretic_datagram;
+/// A non-blocking UDP socket bound to `addr`:`port` (SO_REUSEPORT when asked): fd or -errno.
+int heretic_udp_bind(uint32_t addr, uint16_t port, int reuse_port);
+int heretic_udp_local_port(int fd);
+/// Receives up to `count` (at most 64) datagrams without blocking, the i-th into
+/// `buffers + i * size`: how many, or -errno (-EAGAIN: none waiting).
+int heretic_udp_receive(int fd, void *buffers, unsigned size, unsigned count, heretic_datagram *out);
+/// Sends one datagram without blocking: bytes, or -errno (-EAGAIN: the socket buffer is full).
+long heretic_udp_send(int fd, const void *buf, size_t len, uint32_t addr, uint16_t port);
 /// Drains a non-blocking eventfd.
 void heretic_eventfd_drain(int fd);
 /// /proc/sys/kernel/io_uring_disabled (0, 1 or 2; -1 when the file is absent).

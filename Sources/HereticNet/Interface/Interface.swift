@@ -44,7 +44,7 @@ public final class Interface {
     @exclusivity(unchecked) public internal(set) var counters = InterfaceCounters()
     @exclusivity(unchecked) var arp: ARPCache
     /// Bound UDP handlers by port: a flat table, allocated on the first bind (512 KiB).
-    @exclusivity(unchecked) var udp: [AnyUDPBinding?] = []
+    @usableFromInline @exclusivity(unchecked) var udp: [AnyUDPBinding?] = []
     @exclusivity(unchecked) var rx: [Packet] = []
     @exclusivity(unchecked) var tx: [Packet] = []
     /// The time of the current poll, in milliseconds.
@@ -99,36 +99,53 @@ public final class Interface {
 
     // MARK: Sockets
 
-    /// Binds a UDP handler to `port`. Throws when the port is taken.
-    public func bindUDP<H: UDPHandler>(port: UInt16, _ handler: H) throws(NetError) {
+    /// Binds a UDP handler to `port` (0: a free ephemeral port) and returns the port bound.
+    /// Throws when the port is taken.
+    @inlinable @discardableResult
+    public func bindUDP<H: UDPHandler>(port: UInt16, _ handler: H) throws(NetError) -> UInt16 {
         if udp.isEmpty { udp = Array(repeating: nil, count: 65_536) }
-        guard udp[Int(port)] == nil else { throw .addressInUse(port) }
-        udp[Int(port)] = UDPBinding(handler)
+        var p = port
+        if p == 0 {
+            guard let free = TCPLayer.ephemeralRange.first(where: { udp[Int($0)] == nil }) else {
+                throw .device("no free UDP port")
+            }
+            p = free
+        }
+        guard udp[Int(p)] == nil else { throw .addressInUse(p) }
+        udp[Int(p)] = UDPBinding(handler)
+        return p
     }
 
     public func unbindUDP(port: UInt16) { if !udp.isEmpty { udp[Int(port)] = nil } }
 
     /// A socket for sending from `port` outside a datagram callback (for example to start a
     /// conversation). Use it on the interface's core.
-    public func udpSocket(port: UInt16) -> UDPSocket { UDPSocket(interface: self, localPort: port) }
+    public func udpSocket(port: UInt16) -> StackUDPSocket { StackUDPSocket(interface: self, localPort: port) }
 
-    /// Accepts TCP connections on `port`, each with a handler made by `makeHandler`. At most
-    /// `backlog` connections may be half-open (handshake not finished) at once; further SYNs
-    /// are dropped and counted until some complete or time out.
-    @inlinable
+    /// Accepts TCP connections on `port` (0: a free ephemeral port), each with a handler made
+    /// by `makeHandler`; returns the port. At most `backlog` connections may be half-open
+    /// (handshake not finished) at once; further SYNs get SYN cookies (or are dropped and
+    /// counted) until some complete or time out.
+    @inlinable @discardableResult
     public func listenTCP<H: TCPHandler>(port: UInt16, backlog: Int = 4096, keepalive: TCPKeepalive? = nil,
-                                         _ makeHandler: @escaping () -> H) throws(NetError) {
+                                         _ makeHandler: @escaping () -> H) throws(NetError) -> UInt16 {
         try tcp.listen(port: port, backlog: backlog, keepalive: keepalive, makeHandler: makeHandler)
     }
 
-    /// Opens a TCP connection; `handler` hears of it. Returns the local port chosen.
+    /// Stops accepting on `port`; connections already accepted go on.
+    public func stopListening(port: UInt16) { tcpLayer?.stopListening(port: port) }
+
+    /// Opens a TCP connection; `handler` hears of it. Returns its handle (`localPort`: the
+    /// port chosen; 0 when none was free, and the handler hears `closed(.refused)`).
     @inlinable @discardableResult
-    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, _ handler: H) -> UInt16 {
-        tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds, handler: handler).port
+    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, _ handler: H) -> TCPConnectionHandle {
+        let (port, ref) = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds, handler: handler)
+        return TCPConnectionHandle(engine: tcp, id: ref, remote: remote, localPort: port)
     }
 
     /// Live TCP connections (any state but closed).
-    public var tcpConnectionCount: Int { tcpLayer?.connectionCount ?? 0 }
+    public var connectionCount: Int { tcpLayer?.connectionCount ?? 0 }
+    public var tcpConnectionCount: Int { connectionCount }
 
     /// The MAC address ARP has for `address`, if resolved and not expired.
     public func neighbor(_ address: IPv4Address) -> MACAddress? { arp.lookup(address, now: now) }
@@ -339,9 +356,9 @@ public final class Interface {
             return
         }
         counters.udpDelivered += 1
-        var socket = UDPSocket(interface: self, localPort: u.destinationPort)
+        let socket = StackUDPSocket(interface: self, localPort: u.destinationPort)
         binding.deliver(UnsafeRawBufferPointer(start: u.data, count: u.dataLength),
-                        from: UDPEndpoint(ip.source, u.sourcePort), &socket)
+                        from: UDPEndpoint(ip.source, u.sourcePort), socket)
     }
 
     func handleTCP(_ frame: Packet, _ ip: IPv4Packet) {

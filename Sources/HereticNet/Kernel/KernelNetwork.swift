@@ -25,7 +25,7 @@ public enum KernelBackend: String, Sendable, CaseIterable {
 /// Per connection the engine keeps an 80-byte slot and the handler inline; send buffers exist
 /// only while data waits to go out, and received data is read into shared ring buffers (no
 /// buffer per idle connection).
-public final class KernelNetwork: CorePoller {
+public final class KernelNetwork: CorePoller, ConnectionEngine {
     public let backend: KernelBackend
     /// Why this backend was chosen (for logs and benchmark output).
     public let backendReason: String
@@ -82,6 +82,23 @@ public final class KernelNetwork: CorePoller {
     /// epoll: connections with unread data left (paused reads resumed, or a read batch cut short).
     var readAgain: [UInt32] = []
     var timers: TimerWheel
+    // UDP
+    @usableFromInline var udpBindings: [KernelUDPBinding] = []
+    /// Some socket has datagrams left from the last turn.
+    var udpAgain = false
+    /// Where batches of datagrams are read (allocated with the first binding).
+    var datagramBuffers: UnsafeMutableRawPointer?
+    var datagramInfo: UnsafeMutablePointer<heretic_datagram>?
+    /// Sockets made by `udpSocket(port:)` for ports nothing is bound to.
+    var senderSockets: [UInt16: Int32] = [:]
+    public internal(set) var datagramsReceived = 0
+    public internal(set) var datagramsSent = 0
+    /// Datagrams the kernel would not take (its socket buffer full), and datagrams larger
+    /// than a receive buffer (dropped).
+    public internal(set) var datagramSendDrops = 0
+    public internal(set) var datagramsTruncated = 0
+    /// The applications' per-connection timers that are armed (on `timers`).
+    var userTimerHandles: [UInt64: TimerHandle] = [:]
     var expired: [UInt64] = []
     /// Send buffers of the usual size kept for reuse.
     @usableFromInline var spareBuffers: [UnsafeMutableRawPointer] = []
@@ -105,7 +122,7 @@ public final class KernelNetwork: CorePoller {
     public private(set) var acceptResourceErrors = 0
     /// io_uring submissions that found no room (the kernel not taking more) and were retried
     /// on a later turn.
-    public private(set) var submissionRetries = 0
+    public internal(set) var submissionRetries = 0
     var resubmissions: [Resubmission] = []
     /// The most a connection's send queue holds (unless set per connection); a send beyond
     /// it takes what fits and `writable` follows. The queue holds only what the kernel's
@@ -208,6 +225,10 @@ public final class KernelNetwork: CorePoller {
         for b in spareBuffers { b.deallocate() }
         sendCredit.refund(spareBuffers.count * Self.sendBufferSize)
         sendCredit.close()
+        for b in udpBindings where b.fd >= 0 { heretic_close(b.fd) }
+        for fd in senderSockets.values { heretic_close(fd) }
+        datagramBuffers?.deallocate()
+        datagramInfo?.deallocate()
         if let ring { heretic_ring_close(ring) }
         if epollFD >= 0 { heretic_close(epollFD) }
         scratch.deallocate()
@@ -223,8 +244,8 @@ public final class KernelNetwork: CorePoller {
     /// Accepts connections on `port` (SO_REUSEPORT: other cores may listen on it too), each
     /// with a handler made by `makeHandler`. `address` limits it to one local address.
     /// Returns the port bound (the kernel's choice for port 0).
-    @discardableResult
-    public func listenTCP<H: TCPHandler>(port: UInt16, address: IPv4Address = .any, backlog: Int = 4096,
+    @inlinable @discardableResult
+    public func listenTCP<H: TCPHandler>(port: UInt16, address: IPv4Address, backlog: Int = 4096,
                                          keepalive: TCPKeepalive? = nil,
                                          _ makeHandler: @escaping () -> H) throws(NetError) -> UInt16 {
         let arena = KernelArena<H>(makeHandler: makeHandler)
@@ -232,21 +253,28 @@ public final class KernelNetwork: CorePoller {
     }
 
     /// Opens a connection to `remote`; `handler` hears of it (`connected`, or `closed` with
-    /// `.refused` or `.timedOut`). Returns 0: the kernel picks the local port, told in
-    /// `connected` (`TCPConnection.localPort`).
-    @discardableResult
-    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, _ handler: H) -> UInt16 {
+    /// `.refused` or `.timedOut`). Returns its handle, whose local port is 0: the kernel picks
+    /// it, told in `connected` (`TCPConnection.localPort`).
+    @inlinable @discardableResult
+    public func connectTCP<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, _ handler: H) -> TCPConnectionHandle {
         let key = ObjectIdentifier(H.self)
         let arena: KernelArena<H>
-        if let a = connectArenas[key] as? KernelArena<H> {
-            arena = a
+        if let a = connectArenas[key] {
+            arena = unsafeDowncast(a, to: KernelArena<H>.self)
         } else {
             arena = KernelArena<H>(makeHandler: nil)
             register(arena)
             connectArenas[key] = arena
         }
-        _ = open(to: remote, timeoutMilliseconds: timeoutMilliseconds, arena: arena, handler: arena.store(handler))
-        return 0
+        let ref = open(to: remote, timeoutMilliseconds: timeoutMilliseconds, arena: arena, handler: arena.store(handler))
+        return TCPConnectionHandle(engine: self, id: ref, remote: remote, localPort: 0)
+    }
+
+    /// Accepts connections on `port` on every local address (SO_REUSEPORT).
+    @inlinable @discardableResult
+    public func listenTCP<H: TCPHandler>(port: UInt16, backlog: Int = 4096, keepalive: TCPKeepalive? = nil,
+                                         _ makeHandler: @escaping () -> H) throws(NetError) -> UInt16 {
+        try listenTCP(port: port, address: .any, backlog: backlog, keepalive: keepalive, makeHandler)
     }
 
     /// Stops listening on `port`, the port bound (connections already accepted go on).
@@ -265,13 +293,13 @@ public final class KernelNetwork: CorePoller {
         }
     }
 
-    func register(_ arena: AnyKernelArena) {
+    @usableFromInline func register(_ arena: AnyKernelArena) {
         precondition(arenas.count < 255, "Heretic: more than 255 handler types on one KernelNetwork")
         arena.index = UInt8(arenas.count)
         arenas.append(arena)
     }
 
-    func addListener(port: UInt16, address: IPv4Address, backlog: Int, keepalive: TCPKeepalive? = nil,
+    @usableFromInline func addListener(port: UInt16, address: IPv4Address, backlog: Int, keepalive: TCPKeepalive? = nil,
                      arena: AnyKernelArena) throws(NetError) -> UInt16 {
         let fd = heretic_tcp_listen(address.raw, port, Int32(clamping: backlog), 1, backend == .epoll ? 1 : 0)
         guard fd >= 0 else {
@@ -398,9 +426,9 @@ public final class KernelNetwork: CorePoller {
         return UInt32(slots.count - 1)
     }
 
-    @usableFromInline func connection(_ slot: UInt32) -> TCPConnection {
+    @usableFromInline func connection(_ slot: UInt32) -> KernelConnection {
         let s = slots[Int(slot)]
-        return TCPConnection(kernel: self, ref: UInt64(s.generation) << 32 | UInt64(slot),
+        return KernelConnection(kernel: self, ref: UInt64(s.generation) << 32 | UInt64(slot),
                              remote: TCPEndpoint(IPv4Address(raw: s.remoteAddress), s.remotePort), localPort: s.localPort)
     }
 
@@ -413,7 +441,7 @@ public final class KernelNetwork: CorePoller {
     }
 
     /// Starts a connection; returns its reference.
-    func open(to remote: TCPEndpoint, timeoutMilliseconds: Int?, arena: AnyKernelArena, handler: UInt32) -> UInt64 {
+    @usableFromInline func open(to remote: TCPEndpoint, timeoutMilliseconds: Int?, arena: AnyKernelArena, handler: UInt32) -> UInt64 {
         let fd = heretic_tcp_socket(backend == .epoll ? 1 : 0)
         guard fd >= 0 else {
             // Out of descriptors: refused, said once the caller's callback (if any) returns.
@@ -451,14 +479,14 @@ public final class KernelNetwork: CorePoller {
     /// Sends what the kernel takes at once and queues the rest, as much as the connection's
     /// send buffer (and the process-wide cap) allow. Returns the bytes taken; fewer than
     /// given means `writable` follows once the queue has room.
-    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
+    public func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
         guard let slot = live(ref) else { return 0 }
         let p = slots.pointer(Int(slot))
         if p.pointee.has(.closeRequested) { return 0 }
         let n = bytes.count
         guard n > 0 else { return 0 }
         var offset = 0
-        if (ring == nil || (directSends && !busyTurn)) && p.pointee.out.isEmpty && !p.pointee.has(.connecting) {
+        if mayWriteAtOnce(p) {
             // Nothing queued: write at once (epoll always; io_uring while the turn is quiet),
             // and queue only what the kernel's socket buffer cannot take.
             let w = heretic_sock_send(p.pointee.fd, bytes.baseAddress, n)
@@ -468,6 +496,7 @@ public final class KernelNetwork: CorePoller {
             }
             if w > 0 {
                 offset = w
+                bytesSent &+= w
             } else if w != -Int(EAGAIN) {
                 // The connection failed: the error event reports it; nothing more goes out
                 // (the bytes count as taken, as if queued when the connection broke).
@@ -475,9 +504,81 @@ public final class KernelNetwork: CorePoller {
                 return n
             }
         }
-        // What the queue takes: the connection's buffer, then the memory cap.
+        let taken = offset + enqueue(slot, ref, UnsafeRawBufferPointer(rebasing: bytes[offset...]))
+        if taken < n {
+            p.pointee.set(.wantWritable)
+            sendBufferFull += 1
+        }
+        queuedMore(slot)
+        return taken
+    }
+
+    /// Sends the parts as one write (one `sendmsg` when nothing is queued), queueing what the
+    /// socket does not take, as `send` does.
+    public func send(_ ref: UInt64, gathering parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> Int {
+        if parts.count == 1 { return send(ref, parts[0]) }
+        guard let slot = live(ref) else { return 0 }
+        let p = slots.pointer(Int(slot))
+        if p.pointee.has(.closeRequested) { return 0 }
+        var total = 0
+        for part in parts { total += part.count }
+        guard total > 0 else { return 0 }
+        var skip = 0
+        if mayWriteAtOnce(p) {
+            let count = min(parts.count, 64)
+            let w = withUnsafeTemporaryAllocation(of: UnsafeRawPointer?.self, capacity: count) { bases in
+                withUnsafeTemporaryAllocation(of: Int.self, capacity: count) { lengths in
+                    for i in 0..<count {
+                        bases[i] = parts[i].baseAddress
+                        lengths[i] = parts[i].count
+                    }
+                    return heretic_sock_sendv(p.pointee.fd, bases.baseAddress, lengths.baseAddress, Int32(count))
+                }
+            }
+            if w == total {
+                bytesSent &+= total
+                return total
+            }
+            if w > 0 {
+                skip = w
+                bytesSent &+= w
+            } else if w != -Int(EAGAIN) {
+                bytesSent &+= total
+                return total
+            }
+        }
+        var taken = skip
+        for part in parts {
+            if skip >= part.count {
+                skip -= part.count
+                continue
+            }
+            let rest = UnsafeRawBufferPointer(rebasing: part[skip...])
+            skip = 0
+            let n = enqueue(slot, ref, rest)
+            taken += n
+            if n < rest.count { break }
+        }
+        if taken < total {
+            p.pointee.set(.wantWritable)
+            sendBufferFull += 1
+        }
+        queuedMore(slot)
+        return taken
+    }
+
+    /// Whether a send may go to the socket at once: nothing is queued before it, the
+    /// connection is established, and (io_uring) the turn is quiet.
+    @inline(__always) func mayWriteAtOnce(_ p: UnsafeMutablePointer<KernelSlot>) -> Bool {
+        (ring == nil || (directSends && !busyTurn)) && p.pointee.out.isEmpty && !p.pointee.has(.connecting)
+    }
+
+    /// Queues what the connection's buffer, then the memory cap, take of `bytes`; returns how
+    /// many (and counts them as sent).
+    func enqueue(_ slot: UInt32, _ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
+        let p = slots.pointer(Int(slot))
         let limit = p.pointee.sendLimitKiB == 0 ? sendBufferSize : Int(p.pointee.sendLimitKiB) << 10
-        var take = min(n - offset, max(0, limit - p.pointee.out.queued))
+        var take = min(bytes.count, max(0, limit - p.pointee.out.queued))
         if take > 0 {
             let growth = p.pointee.out.growth(appending: take, spareAvailable: !spareBuffers.isEmpty)
             if growth > 0 && !sendCredit.charge(growth) {
@@ -488,20 +589,21 @@ public final class KernelNetwork: CorePoller {
                 }
             }
         }
-        if take > 0 { p.pointee.out.append(UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + take)]), spare: &spareBuffers) }
-        let taken = offset + take
-        bytesSent &+= taken
-        if taken < n {
-            p.pointee.set(.wantWritable)
-            sendBufferFull += 1
-        }
-        if p.pointee.out.queued >= Self.writableMark(limit) { p.pointee.set(.wantWritable) }
+        if take > 0 { p.pointee.out.append(UnsafeRawBufferPointer(rebasing: bytes[..<take]), spare: &spareBuffers) }
+        bytesSent &+= take
+        return take
+    }
+
+    /// After queueing: ask for `writable` past the mark, and (io_uring) send at the end of
+    /// the turn.
+    func queuedMore(_ slot: UInt32) {
+        let p = slots.pointer(Int(slot))
+        if p.pointee.out.queued >= Self.writableMark(sendLimit(slot)) { p.pointee.set(.wantWritable) }
         if ring != nil && !p.pointee.out.isEmpty && !p.pointee.has(.flushQueued) && !p.pointee.has(.sendInFlight)
             && !p.pointee.has(.connecting) {
             p.pointee.set(.flushQueued)
             flushList.append(slot)
         }
-        return taken
     }
 
     /// The queue drained below this tells a held-back handler `writable`: half its limit,
@@ -544,7 +646,7 @@ public final class KernelNetwork: CorePoller {
         }
         if p.pointee.has(.wantWritable) && !p.pointee.has(.capWaiting) && p.pointee.out.queued < Self.writableMark(sendLimit(slot)) {
             p.pointee.clear(.wantWritable)
-            callback(slot) { a, h, c in a.writable(h, &c) }
+            callback(slot) { a, h, c in a.writable(h, c) }
         }
     }
 
@@ -558,7 +660,7 @@ public final class KernelNetwork: CorePoller {
 
     // MARK: Closing
 
-    @usableFromInline func close(_ ref: UInt64) {
+    public func close(_ ref: UInt64) {
         guard let slot = live(ref) else { return }
         let p = slots.pointer(Int(slot))
         if p.pointee.has(.connecting) {
@@ -570,7 +672,7 @@ public final class KernelNetwork: CorePoller {
         if p.pointee.out.isEmpty && !p.pointee.has(.sendInFlight) { sendFIN(slot) }
     }
 
-    @usableFromInline func abort(_ ref: UInt64) {
+    public func abort(_ ref: UInt64) {
         guard let slot = live(ref) else { return }
         slots[Int(slot)].set(.abortive)
         finishSoon(slot, .reset)
@@ -602,6 +704,10 @@ public final class KernelNetwork: CorePoller {
         if p.pointee.has(.open) {
             p.pointee.clear(.open)
             if reason == .normal { closedNormally += 1 } else { failures += 1 }
+            if !userTimerHandles.isEmpty,
+               let t = userTimerHandles.removeValue(forKey: UInt64(p.pointee.generation) << 32 | UInt64(slot)) {
+                timers.cancel(t)
+            }
             let arena = arenas[Int(p.pointee.arena)]
             callbackDepth += 1
             arena.closed(p.pointee.handler, reason)
@@ -644,38 +750,38 @@ public final class KernelNetwork: CorePoller {
 
     // MARK: Settings
 
-    @usableFromInline func queued(_ ref: UInt64) -> Int {
+    public func queued(_ ref: UInt64) -> Int {
         guard let slot = live(ref) else { return 0 }
         return slots[Int(slot)].out.queued
     }
 
-    @usableFromInline func canSend(_ ref: UInt64) -> Bool {
+    public func canSend(_ ref: UInt64) -> Bool {
         guard let slot = live(ref) else { return false }
         return !slots[Int(slot)].has(.closeRequested) && !slots[Int(slot)].has(.finSent)
     }
 
-    @usableFromInline func isHeldBack(_ ref: UInt64) -> Bool {
+    public func isHeldBack(_ ref: UInt64) -> Bool {
         guard let slot = live(ref) else { return false }
         return slots[Int(slot)].has(.wantWritable)
     }
 
-    @usableFromInline func setNoDelay(_ ref: UInt64, _ on: Bool) {
+    public func setNoDelay(_ ref: UInt64, _ on: Bool) {
         guard let slot = live(ref), slots[Int(slot)].fd >= 0 else { return }
         _ = heretic_tcp_set_nodelay(slots[Int(slot)].fd, on ? 1 : 0)
     }
 
-    @usableFromInline func setKeepalive(_ ref: UInt64, _ keepalive: TCPKeepalive?) {
+    public func setKeepalive(_ ref: UInt64, _ keepalive: TCPKeepalive?) {
         guard let slot = live(ref), slots[Int(slot)].fd >= 0 else { return }
         _ = heretic_tcp_set_keepalive(slots[Int(slot)].fd, Int32(keepalive?.idle ?? 0), Int32(keepalive?.interval ?? 0),
                                       Int32(keepalive?.count ?? 0))
     }
 
-    @usableFromInline func setSendBufferSize(_ ref: UInt64, _ bytes: Int) {
+    public func setSendBufferSize(_ ref: UInt64, _ bytes: Int) {
         guard let slot = live(ref) else { return }
         slots[Int(slot)].sendLimitKiB = UInt16(bytes <= 0 ? 0 : max(1, min(Int(UInt16.max), (bytes + 1023) >> 10)))
     }
 
-    @usableFromInline func setIdleTimeout(_ ref: UInt64, _ seconds: Int) {
+    public func setIdleTimeout(_ ref: UInt64, _ seconds: Int) {
         guard let slot = live(ref) else { return }
         let p = slots.pointer(Int(slot))
         p.pointee.idleSeconds = UInt16(clamping: max(0, seconds))
@@ -687,9 +793,20 @@ public final class KernelNetwork: CorePoller {
         }
     }
 
+    public func isOpen(_ ref: UInt64) -> Bool { live(ref) != nil }
+
+    /// Arms (or with nil stops) the application's timer of a connection, on the engine's
+    /// wheel; its handle is kept only while armed.
+    public func setTimer(_ ref: UInt64, _ milliseconds: Int?) {
+        if let old = userTimerHandles.removeValue(forKey: ref) { timers.cancel(old) }
+        guard let ms = milliseconds, let slot = live(ref) else { return }
+        userTimerHandles[ref] = timers.arm(at: core.nowMilliseconds &+ UInt64(max(0, ms)) &+ 1,
+                                           payload: KernelOp.userTimer.userData(slot: slot, generation: slots[Int(slot)].generation))
+    }
+
     /// The application can take `bytes` more: at 0 reading stops (the kernel's window
     /// closes as its buffer fills), and resumes when room returns.
-    @usableFromInline func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
+    public func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
         guard let slot = live(ref) else { return }
         let p = slots.pointer(Int(slot))
         p.pointee.set(.windowed)
@@ -723,6 +840,7 @@ public final class KernelNetwork: CorePoller {
             nextCapCheck = now &+ 10  // (while connections wait: every 10 ms, no spinning)
             if sendCredit.canGrow { wakeCapWaiters() }
         }
+        if udpAgain { work += receiveDatagramsAgain() }
         if let ring {
             work += reapRing(ring)
             resubmit()
@@ -759,7 +877,7 @@ public final class KernelNetwork: CorePoller {
             guard let slot = live(ref) else { continue }
             slots[Int(slot)].clear(.capWaiting)
             slots[Int(slot)].clear(.wantWritable)
-            callback(slot) { a, h, c in a.writable(h, &c) }
+            callback(slot) { a, h, c in a.writable(h, c) }
         }
         runFinishing()
     }
@@ -768,7 +886,7 @@ public final class KernelNetwork: CorePoller {
     /// the earlier of `timeoutNanoseconds` and this engine's next timer passes.
     public func sleep(_ core: Core, wakeFD: Int32, timeoutNanoseconds: Int64) -> Bool {
         defer { trimSlots() }
-        if !readAgain.isEmpty || !flushList.isEmpty || !finishing.isEmpty || !resubmissions.isEmpty { return true }
+        if !readAgain.isEmpty || !flushList.isEmpty || !finishing.isEmpty || !resubmissions.isEmpty || udpAgain { return true }
         var timeout = timeoutNanoseconds
         if timers.count > 0, let next = timers.nextEventTick() {
             let now = core.nowMilliseconds
@@ -812,6 +930,9 @@ public final class KernelNetwork: CorePoller {
         switch op {
         case .connectTimeout:
             if p.pointee.has(.connecting) { finish(slot, .timedOut) }
+        case .userTimer:
+            userTimerHandles[UInt64(gen) << 32 | UInt64(slot)] = nil
+            callback(slot) { a, h, c in a.timerFired(h, c) }
         case .idleTimeout:
             p.pointee.clear(.idleTimerArmed)
             guard p.pointee.idleSeconds > 0 else { return }
@@ -830,12 +951,11 @@ public final class KernelNetwork: CorePoller {
     }
 
     /// Runs a handler callback of `slot` with its connection value.
-    @inline(__always) func callback(_ slot: UInt32, _ body: (AnyKernelArena, UInt32, inout TCPConnection) -> Void) {
+    @inline(__always) func callback(_ slot: UInt32, _ body: (AnyKernelArena, UInt32, KernelConnection) -> Void) {
         let s = slots[Int(slot)]
         guard s.has(.open) else { return }
-        var c = connection(slot)
         callbackDepth += 1
-        body(arenas[Int(s.arena)], s.handler, &c)
+        body(arenas[Int(s.arena)], s.handler, connection(slot))
         callbackDepth -= 1
     }
 
@@ -895,7 +1015,10 @@ public final class KernelNetwork: CorePoller {
         case .wake:
             heretic_eventfd_drain(wakeFD)
             if !more { wakeArmed = false }
-        case .io, .connectTimeout, .idleTimeout, .acceptResume:
+        case .udp:
+            if !more { udpPollEnded(slot) }
+            receiveDatagrams(slot)
+        case .io, .connectTimeout, .idleTimeout, .acceptResume, .userTimer:
             break
         }
     }
@@ -920,7 +1043,7 @@ public final class KernelNetwork: CorePoller {
 
     /// The handshake is done: tell the handler, then start receiving.
     func established(_ slot: UInt32) {
-        callback(slot) { a, h, c in a.connected(h, &c) }
+        callback(slot) { a, h, c in a.connected(h, c) }
         guard slots[Int(slot)].has(.open) else { return }
         if ring != nil {
             armReceive(slot)
@@ -957,7 +1080,7 @@ public final class KernelNetwork: CorePoller {
             if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
             if p.pointee.has(.open) && !p.pointee.has(.peerFinished) {
                 let data = UnsafeRawBufferPointer(start: heretic_ring_buffer_data(ring, buffer), count: Int(c.res))
-                callback(slot) { a, h, conn in a.received(h, data, &conn) }
+                callback(slot) { a, h, conn in a.received(h, data, conn) }
             }
         } else if c.res == 0 {
             peerFinished(slot)
@@ -978,7 +1101,7 @@ public final class KernelNetwork: CorePoller {
         let p = slots.pointer(Int(slot))
         guard !p.pointee.has(.peerFinished), p.pointee.has(.open) else { return }
         p.pointee.set(.peerFinished)
-        callback(slot) { a, h, c in a.peerClosed(h, &c) }
+        callback(slot) { a, h, c in a.peerClosed(h, c) }
         if p.pointee.has(.finSent) && p.pointee.has(.open) { finishSoon(slot, .normal) }
     }
 
@@ -1036,6 +1159,8 @@ public final class KernelNetwork: CorePoller {
                 acceptAll(slot)
             case .wake:
                 heretic_eventfd_drain(wakeFD)
+            case .udp:
+                receiveDatagrams(slot)
             case .io:
                 guard Int(slot) < slots.count, slots[Int(slot)].generation == gen, slots[Int(slot)].has(.open) else { continue }
                 if slots[Int(slot)].has(.connecting) {
@@ -1095,7 +1220,7 @@ public final class KernelNetwork: CorePoller {
                 bytesReceived &+= n
                 if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
                 let data = UnsafeRawBufferPointer(start: scratch, count: n)
-                callback(slot) { a, h, c in a.received(h, data, &c) }
+                callback(slot) { a, h, c in a.received(h, data, c) }
                 // A short read drained the socket and a later arrival is a new edge; but an
                 // edge seen while reading was paused, or a hang-up, is not repeated.
                 if n < want && !p.pointee.has(.windowed) && !p.pointee.has(.hangup) { return }
@@ -1179,7 +1304,7 @@ struct Resubmission {
 /// low 32 bits and the slot's generation the 24 between (so a late completion of a reused
 /// slot is recognised).
 @usableFromInline enum KernelOp: UInt8 {
-    case accept = 1, recv, send, connect, cancel, wake, io, connectTimeout, idleTimeout, acceptResume
+    case accept = 1, recv, send, connect, cancel, wake, io, connectTimeout, idleTimeout, acceptResume, userTimer, udp
 
     @inlinable func userData(slot: UInt32, generation: UInt32) -> UInt64 {
         UInt64(rawValue) << 56 | UInt64(generation & 0xFF_FFFF) << 32 | UInt64(slot)

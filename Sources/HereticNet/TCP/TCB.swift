@@ -77,17 +77,6 @@ public enum TCPAction: Equatable, Sendable {
     case cancelRetransmit
 }
 
-public enum TCPCloseReason: Sendable, Equatable {
-    case normal
-    case reset
-    case refused
-    /// Retransmissions, keepalive probes or the connect deadline went unanswered (RFC 9293's
-    /// user timeout).
-    case timedOut
-    /// Nothing was sent or received for the connection's idle timeout: it was aborted.
-    case idle
-}
-
 /// A TCP connection's control block: sequence variables and state, as compact plain data
 /// (no buffers, no references), driven by `segmentArrived` and the owner's calls.
 ///

@@ -44,9 +44,12 @@ import CHereticSys
     @usableFromInline var keepalive: TCPKeepalive?
     @usableFromInline @exclusivity(unchecked) var arrived: (UInt32, TCPSegmentInfo, UnsafeRawPointer?) -> Void = { _, _, _ in }
     @usableFromInline @exclusivity(unchecked) var timerFired: (UInt64) -> Void = { _ in }
+    /// The application's timer of a connection went off.
+    @usableFromInline @exclusivity(unchecked) var userTimerFired: (UInt64) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var run: (UInt32, (inout TCB) -> Void) -> Void = { _, _ in }
     @usableFromInline @exclusivity(unchecked) var applyActions: (UInt32, [TCPAction]) -> Void = { _, _ in }
     @usableFromInline @exclusivity(unchecked) var sendBytes: (UInt64, UnsafeRawBufferPointer) -> Int = { _, _ in 0 }
+    @usableFromInline @exclusivity(unchecked) var sendGathering: (UInt64, UnsafeBufferPointer<UnsafeRawBufferPointer>) -> Int = { _, _ in 0 }
     @usableFromInline @exclusivity(unchecked) var pumpSlot: (UInt32) -> Void = { _ in }
     @usableFromInline @exclusivity(unchecked) var endpoints: (UInt32) -> (TCPEndpoint, UInt16) = { _ in (TCPEndpoint(.any, 0), 0) }
     /// Whether the reference names a connection of this arena that is still open.
@@ -123,9 +126,11 @@ import CHereticSys
         let me = Unmanaged.passUnretained(self)
         arrived = { slot, seg, payload in me._withUnsafeGuaranteedRef { $0.segmentArrived(slot, seg, payload) } }
         timerFired = { ref in me._withUnsafeGuaranteedRef { $0.fire(ref) } }
+        userTimerFired = { ref in me._withUnsafeGuaranteedRef { $0.userTimer(ref) } }
         run = { slot, body in me._withUnsafeGuaranteedRef { body(&$0.slots[Int(slot)].tcb) } }
         applyActions = { slot, actions in me._withUnsafeGuaranteedRef { $0.apply(slot, actions, payload: nil) } }
         sendBytes = { ref, bytes in me._withUnsafeGuaranteedRef { $0.send(ref, bytes) } }
+        sendGathering = { ref, parts in me._withUnsafeGuaranteedRef { $0.send(ref, gathering: parts) } }
         pumpSlot = { slot in me._withUnsafeGuaranteedRef { $0.pump(slot) } }
         endpoints = { slot in
             me._withUnsafeGuaranteedRef { ($0.slots[Int(slot)].remote, $0.slots[Int(slot)].localPort) }
@@ -283,9 +288,8 @@ import CHereticSys
     @inlinable func tellWritable(_ slot: UInt32) {
         queues[Int(slot)].wantWritable = false
         guard slots[Int(slot)].tcb.canSendData else { return }
-        var c = connection(slot)
         layer.callbackDepth += 1
-        slots[Int(slot)].handler.writable(&c)
+        slots[Int(slot)].handler.writable(connection(slot))
         layer.callbackDepth -= 1
     }
 
@@ -319,9 +323,8 @@ import CHereticSys
             layer.reassembly.deliveredCount += 1
             delivered = true
             first.bytes.withUnsafeBytes { b in
-                var c = connection(slot)
                 layer.callbackDepth += 1
-                slots[s].handler.received(UnsafeRawBufferPointer(rebasing: b[skip...]), &c)
+                slots[s].handler.received(UnsafeRawBufferPointer(rebasing: b[skip...]), connection(slot))
                 layer.callbackDepth -= 1
             }
         }
@@ -339,6 +342,27 @@ import CHereticSys
     /// connection cannot send any more.
     @inlinable func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
         guard let slot = liveSlot(ref) else { return 0 }
+        let n = enqueue(slot, ref, bytes)
+        if n > 0 { pump(slot) }
+        return n
+    }
+
+    /// Queues the parts in order, as much as fits (as `send`), and sends once: they leave
+    /// together, in as few segments as they fit.
+    @inlinable func send(_ ref: UInt64, gathering parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> Int {
+        guard let slot = liveSlot(ref) else { return 0 }
+        var total = 0
+        for part in parts where part.count > 0 {
+            let n = enqueue(slot, ref, part)
+            total += n
+            if n < part.count { break }
+        }
+        if total > 0 { pump(slot) }
+        return total
+    }
+
+    /// Copies what the queue takes of `bytes` into it; returns how much.
+    @inlinable func enqueue(_ slot: UInt32, _ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
         let q = queues.pointer(Int(slot))
         let state = slots[Int(slot)].tcb.state
         guard state == .established || state == .closeWait || state == .synSent || state == .synReceived,
@@ -376,7 +400,6 @@ import CHereticSys
         guard n > 0 else { return 0 }
         q.pointee.bytes.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[..<n]))
         if q.pointee.pending >= min(TCPLayer.writableThreshold, limit >> 1) { q.pointee.wantWritable = true }
-        pump(slot)
         return n
     }
 
@@ -502,23 +525,20 @@ import CHereticSys
                     rcvNxt: p.pointee.tcb.rcvNxt, window: Int(p.pointee.tcb.rcvWnd))
             case .deliver(let offset, let length):
                 guard let data = payload else { continue }
-                var c = connection(slot)
                 layer.callbackDepth += 1
-                p.pointee.handler.received(UnsafeRawBufferPointer(start: data + offset, count: length), &c)
+                p.pointee.handler.received(UnsafeRawBufferPointer(start: data + offset, count: length), connection(slot))
                 layer.callbackDepth -= 1
             case .connected:
                 if p.pointee.halfOpen {
                     p.pointee.halfOpen = false
                     halfOpen -= 1
                 }
-                var c = connection(slot)
                 layer.callbackDepth += 1
-                p.pointee.handler.connected(&c)
+                p.pointee.handler.connected(connection(slot))
                 layer.callbackDepth -= 1
             case .peerClosed:
-                var c = connection(slot)
                 layer.callbackDepth += 1
-                p.pointee.handler.peerClosed(&c)
+                p.pointee.handler.peerClosed(connection(slot))
                 layer.callbackDepth -= 1
             case .closed(let reason):
                 finish(slot, reason)
@@ -538,6 +558,7 @@ import CHereticSys
                 // For the application the connection is over: both FINs went by. Only the
                 // stack keeps the 4-tuple, for stray segments.
                 p.pointee.inTimeWait = true
+                if !layer.userTimerHandles.isEmpty { layer.setTimer(ref(slot), nil) }
                 var handler = p.pointee.handler
                 layer.callbackDepth += 1
                 handler.closed(.normal)
@@ -569,13 +590,22 @@ import CHereticSys
         slots[Int(slot)].timer = ms.map { layer.timers.arm(at: layer.now &+ UInt64($0) &+ 1, payload: ref(slot)) } ?? .none
     }
 
-    @inlinable func connection(_ slot: UInt32) -> TCPConnection {
-        TCPConnection(layer: layer, ref: ref(slot), remote: slots[Int(slot)].remote, localPort: slots[Int(slot)].localPort)
+    @inlinable @inline(__always) func connection(_ slot: UInt32) -> StackConnection<H> {
+        StackConnection(arena: self, ref: ref(slot), remote: slots[Int(slot)].remote, localPort: slots[Int(slot)].localPort)
+    }
+
+    /// The connection's own timer (`TCPConnection.setTimer`) went off.
+    @inlinable func userTimer(_ ref: UInt64) {
+        guard let slot = liveSlot(ref), !slots[Int(slot)].inTimeWait else { return }
+        layer.callbackDepth += 1
+        slots[Int(slot)].handler.timerFired(connection(slot))
+        layer.callbackDepth -= 1
     }
 
     @inlinable func finish(_ slot: UInt32, _ reason: TCPCloseReason) {
         let s = slots[Int(slot)]
         if !s.timer.isNone { layer.timers.cancel(s.timer) }
+        if !layer.userTimerHandles.isEmpty { layer.setTimer(ref(slot), nil) }
         if s.inTimeWait { layer.leaveTimeWait() }
         if s.halfOpen { halfOpen -= 1 }
         slots[Int(slot)].inUse = false

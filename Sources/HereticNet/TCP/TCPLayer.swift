@@ -8,7 +8,7 @@ import CHereticSys
 /// (`timeWaitLimit`), out-of-order data (`reassembly`'s budgets), send queues (each
 /// connection's `sendBufferSize`, and the process-wide `SendMemory` cap), challenge ACKs
 /// (`challengeAckLimit` a second).
-public final class TCPLayer {
+public final class TCPLayer: ConnectionEngine {
     /// The interface owns the layer; held unretained so that calls into it cost no
     /// reference counting.
     @usableFromInline let unmanagedInterface: Unmanaged<Interface>
@@ -20,6 +20,9 @@ public final class TCPLayer {
     /// (remote address, remote port, local port) to connection.
     @exclusivity(unchecked) var table = ConnectionTable()
     @usableFromInline @exclusivity(unchecked) var timers = TimerWheel()
+    /// The applications' per-connection timers, and the handles of those armed.
+    @exclusivity(unchecked) var userTimers = TimerWheel()
+    @usableFromInline @exclusivity(unchecked) var userTimerHandles: [UInt64: TimerHandle] = [:]
     @exclusivity(unchecked) var expired: [UInt64] = []
     /// Milliseconds, from the interface's poll: `now` in full (timers are armed on it, so
     /// nothing wraps), and `clock`, the 32 bits the control blocks keep (compared modulo
@@ -200,6 +203,7 @@ public final class TCPLayer {
 
     deinit {
         timers.release()
+        userTimers.release()
         for b in spareBuffers { sendCredit.refund(b.capacity) }
         spareBuffers.removeAll()
         sendCredit.close()
@@ -220,11 +224,11 @@ public final class TCPLayer {
 
     /// Calls `body` with every established connection (on the interface's core), for
     /// operations that start traffic on many connections at once.
-    public func forEachConnection(_ body: (TCPConnection) -> Void) {
+    public func forEachConnection(_ body: (TCPConnectionHandle) -> Void) {
         for a in arenas {
             for ref in a.established() {
                 let (remote, localPort) = a.endpoints(ConnectionRef.slot(ref))
-                body(TCPConnection(layer: self, ref: ref, remote: remote, localPort: localPort))
+                body(TCPConnectionHandle(engine: self, id: ref, remote: remote, localPort: localPort))
             }
         }
         runDeferred()
@@ -283,7 +287,7 @@ public final class TCPLayer {
         }
     }
 
-    static let ephemeralRange = 49_152...UInt16.max
+    @usableFromInline static let ephemeralRange = 49_152...UInt16.max
     /// A send queue that drains below this many bytes (or half its limit, if smaller) makes
     /// a held-back handler `writable`.
     public static let writableThreshold = 65_536
@@ -397,11 +401,18 @@ public final class TCPLayer {
     // MARK: API
 
     /// Accepts connections on `port`; each gets a handler from `makeHandler`.
-    @inlinable func listen<H: TCPHandler>(port: UInt16, backlog: Int, receiveWindow: Int = 65_535,
-                                          keepalive: TCPKeepalive? = nil,
-                                          makeHandler: @escaping () -> H) throws(NetError) {
+    @inlinable @discardableResult
+    func listen<H: TCPHandler>(port requested: UInt16, backlog: Int, receiveWindow: Int = 65_535,
+                               keepalive: TCPKeepalive? = nil,
+                               makeHandler: @escaping () -> H) throws(NetError) -> UInt16 {
+        var port = requested
+        if port == 0 {
+            guard let free = Self.ephemeralRange.first(where: { listeners[$0] == nil }) else {
+                throw .device("no free TCP port to listen on")
+            }
+            port = free
+        }
         guard listeners[port] == nil else { throw .addressInUse(port) }
-        guard port != 0 else { throw .device("cannot listen on TCP port 0") }
         guard arenas.count < ConnectionRef.maxArenas else { throw .device("more than \(ConnectionRef.maxArenas) TCP handler arenas") }
         let a = TCPArena<H>(layer: self, index: UInt16(arenas.count), makeHandler: makeHandler)
         a.backlog = max(1, backlog)
@@ -409,7 +420,12 @@ public final class TCPLayer {
         a.keepalive = keepalive
         arenas.append(a)
         listeners[port] = a
+        return port
     }
+
+    /// Stops accepting on `port`: SYNs to it are answered with RST from now on; connections
+    /// already accepted (their arena) go on.
+    public func stopListening(port: UInt16) { listeners[port] = nil }
 
     /// Opens a connection to `remote` with `handler`; returns the local port used and the
     /// connection's reference (0 and 0 when no port or slot was free: the handler then hears
@@ -440,14 +456,39 @@ public final class TCPLayer {
         return ref == 0 ? (0, 0) : (port, ref)
     }
 
-    @usableFromInline func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
+    public func isOpen(_ ref: UInt64) -> Bool { isLive(ref) }
+
+    public func send(_ ref: UInt64, _ bytes: UnsafeRawBufferPointer) -> Int {
         guard holds(ref) else { return 0 }
         return Unmanaged.passUnretained(arenas[ConnectionRef.arena(ref)])._withUnsafeGuaranteedRef {
             $0.sendBytes(ref, bytes)
         }
     }
 
-    @usableFromInline func close(_ ref: UInt64) {
+    public func send(_ ref: UInt64, gathering parts: UnsafeBufferPointer<UnsafeRawBufferPointer>) -> Int {
+        guard holds(ref) else { return 0 }
+        return Unmanaged.passUnretained(arenas[ConnectionRef.arena(ref)])._withUnsafeGuaranteedRef {
+            $0.sendGathering(ref, parts)
+        }
+    }
+
+    public func setKeepalive(_ ref: UInt64, _ keepalive: TCPKeepalive?) {
+        setIdleSettings(ref) { $0.setKeepalive(keepalive) }
+    }
+
+    public func setIdleTimeout(_ ref: UInt64, _ seconds: Int) {
+        setIdleSettings(ref) { $0.idleTimeoutSeconds = UInt16(clamping: max(0, seconds)) }
+    }
+
+    /// Arms (or with nil stops) the application's timer of a connection: one per connection,
+    /// on a wheel of its own, its handle kept only while armed.
+    public func setTimer(_ ref: UInt64, _ milliseconds: Int?) {
+        if let old = userTimerHandles.removeValue(forKey: ref) { userTimers.cancel(old) }
+        guard let ms = milliseconds, isLive(ref), !arena(ref).isTimeWait(ConnectionRef.slot(ref)) else { return }
+        userTimerHandles[ref] = userTimers.arm(at: now &+ UInt64(max(0, ms)) &+ 1, payload: ref)
+    }
+
+    public func close(_ ref: UInt64) {
         guard isLive(ref) else { return }
         let a = arena(ref), slot = ConnectionRef.slot(ref)
         if a.queues[Int(slot)].pending > 0 {
@@ -461,7 +502,7 @@ public final class TCPLayer {
         }
     }
 
-    @usableFromInline func abort(_ ref: UInt64) {
+    public func abort(_ ref: UInt64) {
         guard isLive(ref) else { return }
         var out = takeActions()
         defer { giveBack(&out) }
@@ -470,13 +511,13 @@ public final class TCPLayer {
         a.applyErased(slot, out)
     }
 
-    @usableFromInline func setNoDelay(_ ref: UInt64, _ noDelay: Bool) {
+    public func setNoDelay(_ ref: UInt64, _ noDelay: Bool) {
         guard isLive(ref) else { return }
         arena(ref).queues[Int(ConnectionRef.slot(ref))].noDelay = noDelay
         if noDelay { pump(ref) }
     }
 
-    @usableFromInline func setSendBufferSize(_ ref: UInt64, _ bytes: Int) {
+    public func setSendBufferSize(_ ref: UInt64, _ bytes: Int) {
         guard isLive(ref) else { return }
         let kib = bytes <= 0 ? 0 : max(1, min(Int(UInt16.max), (bytes + 1023) >> 10))
         arena(ref).queues[Int(ConnectionRef.slot(ref))].limitKiB = UInt16(kib)
@@ -494,7 +535,7 @@ public final class TCPLayer {
         a.applyErased(slot, out)
     }
 
-    @usableFromInline func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
+    public func setReceiveWindow(_ ref: UInt64, _ bytes: Int) {
         guard isLive(ref) else { return }
         let a = arena(ref), slot = ConnectionRef.slot(ref)
         let mss = UInt32(maximumSegmentSize)
@@ -544,7 +585,7 @@ public final class TCPLayer {
         }
     }
 
-    @usableFromInline func canSend(_ ref: UInt64) -> Bool {
+    public func canSend(_ ref: UInt64) -> Bool {
         guard isLive(ref) else { return false }
         let a = arena(ref), slot = ConnectionRef.slot(ref)
         let state = a.state(slot)
@@ -552,11 +593,11 @@ public final class TCPLayer {
             && !a.queues[Int(slot)].closeRequested
     }
 
-    @usableFromInline func isHeldBack(_ ref: UInt64) -> Bool {
+    public func isHeldBack(_ ref: UInt64) -> Bool {
         isLive(ref) && arena(ref).queues[Int(ConnectionRef.slot(ref))].wantWritable
     }
 
-    @usableFromInline func queued(_ ref: UInt64) -> Int {
+    public func queued(_ ref: UInt64) -> Int {
         guard isLive(ref) else { return 0 }
         return arena(ref).queues[Int(ConnectionRef.slot(ref))].pending
     }
@@ -721,6 +762,19 @@ public final class TCPLayer {
             if released && now &- lastHeapTrim >= 1000 {
                 lastHeapTrim = now
                 heretic_heap_trim()
+            }
+        }
+        if userTimers.count > 0 {
+            userTimers.advance(to: now, into: &expired)
+            if !expired.isEmpty {
+                callbackDepth += 1
+                for ref in expired {
+                    userTimerHandles[ref] = nil
+                    if holds(ref) { arena(ref).userTimerFired(ref) }
+                }
+                callbackDepth -= 1
+                expired.removeAll(keepingCapacity: true)
+                runDeferred()
             }
         }
         guard timers.count > 0 else { return }

@@ -60,10 +60,8 @@ public enum TCPSendStatus: Equatable, Sendable {
 public final class TCPSocket: @unchecked Sendable {
     enum Phase { case connecting, open, closed }
 
-    /// The engine carrying the connection (held unretained: it outlives its sockets), a
-    /// `TCPLayer` or, with `onKernel`, a `KernelNetwork`.
-    @usableFromInline let engine: UnsafeMutableRawPointer
-    @usableFromInline let onKernel: Bool
+    /// The engine carrying the connection (held unretained: it outlives its sockets).
+    @usableFromInline unowned(unsafe) let engine: any ConnectionEngine
     /// The core whose loop polls the interface (for async timeouts and cancellation).
     let core: Core?
     var ref: UInt64 = 0
@@ -92,26 +90,24 @@ public final class TCPSocket: @unchecked Sendable {
     var closeEvent: EventRef<TCPStatus>?
     var waitIDs: [UInt64] = [0, 0, 0, 0]
 
-    init(layer: TCPLayer, remote: TCPEndpoint, receiveCapacity: Int) {
-        self.engine = Unmanaged.passUnretained(layer).toOpaque()
-        self.onKernel = false
-        self.core = Core.current
-        self.remote = remote
-        self.receiveCapacity = max(1460, receiveCapacity)
-    }
-
-    init(kernel: KernelNetwork, remote: TCPEndpoint, receiveCapacity: Int) {
-        self.engine = Unmanaged.passUnretained(kernel).toOpaque()
-        self.onKernel = true
+    init(engine: any ConnectionEngine, remote: TCPEndpoint, receiveCapacity: Int) {
+        self.engine = engine
         self.core = Core.current
         self.remote = remote
         self.receiveCapacity = max(1460, receiveCapacity)
     }
 
     /// The connection as the engine's calls take it.
-    var handle: TCPConnection {
-        onKernel ? TCPConnection(kernel: Unmanaged.fromOpaque(engine).takeUnretainedValue(), ref: ref, remote: remote, localPort: localPort)
-            : TCPConnection(layer: Unmanaged.fromOpaque(engine).takeUnretainedValue(), ref: ref, remote: remote, localPort: localPort)
+    var handle: TCPConnectionHandle { TCPConnectionHandle(engine: engine, id: ref, remote: remote, localPort: localPort) }
+
+    /// Sets `event` once the connection started by `openSocket` is established (`.ok`) or
+    /// has failed; at once if that is already decided.
+    func notifyConnected(_ event: EventRef<TCPStatus>) {
+        switch phase {
+        case .connecting: connectEvent = event
+        case .open: _ = core?.set(event, .ok)
+        case .closed: _ = core?.set(event, status)
+        }
     }
 
     /// Bytes received and not yet read.
@@ -124,8 +120,8 @@ public final class TCPSocket: @unchecked Sendable {
 
     // MARK: Events from the stack (through `SocketHandler`)
 
-    func connected(_ connection: inout TCPConnection) {
-        ref = connection.ref
+    func connected(_ connection: some TCPConnection) {
+        ref = connection.handle.id
         localPort = connection.localPort
         remote = connection.remote
         phase = .open
@@ -133,7 +129,7 @@ public final class TCPSocket: @unchecked Sendable {
         wake(&connectWaiter, &connectEvent, .ready)
     }
 
-    func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
+    func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         if head > 0 && head == inbox.count {
             inbox.removeAll(keepingCapacity: true)
             head = 0
@@ -385,17 +381,17 @@ struct SocketHandler: TCPHandler {
     /// For accepted connections: where to announce them once established.
     var listener: TCPListener?
 
-    mutating func connected(_ connection: inout TCPConnection) {
+    mutating func connected(_ connection: some TCPConnection) {
         guard let socket else { return }
-        socket.connected(&connection)
+        socket.connected(connection)
         listener?.arrived(socket)
         listener = nil
     }
-    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: inout TCPConnection) {
-        socket?.received(data, &connection)
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
+        socket?.received(data, connection)
     }
-    mutating func writable(_ connection: inout TCPConnection) { socket?.writable() }
-    mutating func peerClosed(_ connection: inout TCPConnection) { socket?.peerClosed() }
+    mutating func writable(_ connection: some TCPConnection) { socket?.writable() }
+    mutating func peerClosed(_ connection: some TCPConnection) { socket?.peerClosed() }
     mutating func closed(_ reason: TCPCloseReason) {
         socket?.closed(reason)
         socket = nil  // the stack lets go; the application may still hold it
@@ -491,40 +487,4 @@ public final class TCPListener: AsyncSequence, @unchecked Sendable {
     }
 
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(listener: self) }
-}
-
-extension Interface {
-    /// Listens on `port` for connections read and written through `TCPSocket`s: iterate the
-    /// listener (`for await socket in listener`) or call `accept()`.
-    public func listen(port: UInt16, backlog: Int = 4096, receiveCapacity: Int = 65_536) throws(NetError) -> TCPListener {
-        let listener = TCPListener(port: port)
-        let layer = tcp
-        try tcp.listen(port: port, backlog: backlog, receiveWindow: max(1460, receiveCapacity)) {
-            SocketHandler(socket: TCPSocket(layer: layer, remote: TCPEndpoint(.any, 0), receiveCapacity: receiveCapacity),
-                          listener: listener)
-        }
-        return listener
-    }
-
-    /// Starts a connection for blocking-style use: `event` is set with `.ok` once it is
-    /// established, or with the failure. Wait on it in the task (with a timeout if wanted).
-    public func connect(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, receiveCapacity: Int = 65_536,
-                        notify event: EventRef<TCPStatus>) -> TCPSocket {
-        let socket = TCPSocket(layer: tcp, remote: remote, receiveCapacity: receiveCapacity)
-        socket.connectEvent = event
-        (socket.localPort, socket.ref) = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds,
-                                                     receiveWindow: socket.receiveCapacity,
-                                                     handler: SocketHandler(socket: socket, listener: nil))
-        return socket
-    }
-
-    /// Connects and waits for the handshake; throws `.refused`, `.timedOut` or `.cancelled`.
-    public func connect(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, receiveCapacity: Int = 65_536,
-                        isolation: isolated (any Actor)? = #isolation) async throws(TCPError) -> TCPSocket {
-        let socket = TCPSocket(layer: tcp, remote: remote, receiveCapacity: receiveCapacity)
-        (socket.localPort, socket.ref) = tcp.connect(to: remote, timeoutMilliseconds: timeoutMilliseconds,
-                                                     receiveWindow: socket.receiveCapacity,
-                                                     handler: SocketHandler(socket: socket, listener: nil))
-        return try await socket.established(isolation: isolation)
-    }
 }
