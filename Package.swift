@@ -67,6 +67,11 @@ let package = Package(
         ),
         .testTarget(name: "HereticCoreTests", dependencies: ["HereticCore"]),
         .testTarget(name: "HereticBenchTests", dependencies: ["HereticBench", "HereticCore"]),
+        // The transport API's contract, run on every engine and packet path.
+        .testTarget(
+            name: "HereticContractTests",
+            dependencies: ["HereticNet", "HereticCore", "HereticBench", "CHereticSys"]
+        ),
         .testTarget(
             name: "HereticNetTests",
             dependencies: ["HereticNet"],

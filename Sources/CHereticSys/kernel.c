@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -606,6 +607,17 @@ long heretic_udp_send(int fd, const void *buf, size_t len, uint32_t addr, uint16
     struct sockaddr_in a = ipv4(addr, port);
     ssize_t n = sendto(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL, (struct sockaddr *)&a, sizeof a);
     return n < 0 ? -errno : (long)n;
+}
+
+int heretic_enter_netns(const char *name) {
+    char path[256];
+    snprintf(path, sizeof path, "/var/run/netns/%s", name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    int rc = setns(fd, CLONE_NEWNET);
+    int e = errno;
+    close(fd);
+    return rc < 0 ? -e : 0;
 }
 
 void heretic_eventfd_drain(int fd) {

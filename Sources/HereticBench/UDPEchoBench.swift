@@ -126,7 +126,7 @@ public struct UDPEchoBenchmark {
         let start = MonotonicClock.nanoseconds()
         try pair.onClient { _ in
             for f in 0..<flows {
-                var socket = pair.client.udpSocket(port: UInt16(10_000 + f))
+                let socket = pair.client.udpSocket(port: UInt16(10_000 + f))
                 flow(f).send(socket)
             }
         }

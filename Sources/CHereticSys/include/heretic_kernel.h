@@ -131,6 +131,9 @@ int heretic_udp_local_port(int fd);
 int heretic_udp_receive(int fd, void *buffers, unsigned size, unsigned count, heretic_datagram *out);
 /// Sends one datagram without blocking: bytes, or -errno (-EAGAIN: the socket buffer is full).
 long heretic_udp_send(int fd, const void *buf, size_t len, uint32_t addr, uint16_t port);
+/// Moves the calling thread into the network namespace `name` (made by `ip netns add`):
+/// sockets it opens from then on live there. 0 or -errno.
+int heretic_enter_netns(const char *name);
 /// Drains a non-blocking eventfd.
 void heretic_eventfd_drain(int fd);
 /// /proc/sys/kernel/io_uring_disabled (0, 1 or 2; -1 when the file is absent).

@@ -1,3 +1,4 @@
+import HereticCore
 /// How an interface is addressed and bounded.
 public struct InterfaceConfiguration: Sendable {
     public var mac: MACAddress
@@ -42,6 +43,10 @@ public final class Interface {
     public let pool: PacketPool
     public let configuration: InterfaceConfiguration
     @exclusivity(unchecked) public internal(set) var counters = InterfaceCounters()
+    /// The core whose loop polls the interface (set by `InterfacePoller`): calls made between
+    /// polls (a message, a task) read its clock, so that a deadline they set is measured from
+    /// the time of the call, never from the last poll.
+    public internal(set) weak var core: Core?
     @exclusivity(unchecked) var arp: ARPCache
     /// Bound UDP handlers by port: a flat table, allocated on the first bind (512 KiB).
     @usableFromInline @exclusivity(unchecked) var udp: [AnyUDPBinding?] = []

@@ -12,7 +12,10 @@ public final class InterfacePoller: CorePoller {
     public func poll(_ core: Core) -> Int {
         let now = core.nowMilliseconds
         var work = 0
-        for i in interfaces { work += i.poll(now: now) }
+        for i in interfaces {
+            if i.core !== core { i.core = core }
+            work += i.poll(now: now)
+        }
         return work
     }
 }

@@ -6,7 +6,7 @@ extension Interface: NetworkEngine {
     public func listen(port: UInt16, backlog: Int = 4096, receiveCapacity: Int = 65_536) throws(NetError) -> TCPListener {
         let listener = TCPListener(port: port)
         let layer = tcp
-        try tcp.listen(port: port, backlog: backlog, receiveWindow: max(1460, receiveCapacity)) {
+        listener.port = try tcp.listen(port: port, backlog: backlog, receiveWindow: max(1460, receiveCapacity)) {
             SocketHandler(socket: TCPSocket(engine: layer, remote: TCPEndpoint(.any, 0), receiveCapacity: receiveCapacity),
                           listener: listener)
         }

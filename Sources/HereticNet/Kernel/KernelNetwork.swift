@@ -456,7 +456,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         slots[Int(slot)].set([.open, .connecting])
         let gen = slots[Int(slot)].generation
         if let ms = timeoutMilliseconds {
-            _ = timers.arm(at: core.nowMilliseconds &+ UInt64(max(1, ms)), payload: KernelOp.connectTimeout.userData(slot: slot, generation: gen))
+            _ = timers.arm(at: core.nowMilliseconds &+ UInt64(max(1, ms)) &+ 1, payload: KernelOp.connectTimeout.userData(slot: slot, generation: gen))
         }
         if let ring {
             let rc = heretic_ring_connect(ring, fd, remote.address.raw, remote.port, KernelOp.connect.userData(slot: slot, generation: gen))
@@ -498,9 +498,10 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
                 offset = w
                 bytesSent &+= w
             } else if w != -Int(EAGAIN) {
-                // The connection failed: the error event reports it; nothing more goes out
-                // (the bytes count as taken, as if queued when the connection broke).
-                bytesSent &+= n
+                // The connection failed. The send took the socket's error (a later read
+                // would see only the end of the stream), so it ends the connection with it;
+                // the bytes count as taken, as if queued when the connection broke.
+                finishSoon(slot, Self.reason(forError: Int32(-w)))
                 return n
             }
         }
@@ -543,7 +544,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
                 skip = w
                 bytesSent &+= w
             } else if w != -Int(EAGAIN) {
-                bytesSent &+= total
+                finishSoon(slot, Self.reason(forError: Int32(-w)))
                 return total
             }
         }
@@ -788,7 +789,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds)
         if seconds > 0 && !p.pointee.has(.idleTimerArmed) {
             p.pointee.set(.idleTimerArmed)
-            _ = timers.arm(at: core.nowMilliseconds &+ UInt64(seconds) * 1000,
+            _ = timers.arm(at: core.nowMilliseconds &+ UInt64(seconds) * 1000 &+ 1,
                            payload: KernelOp.idleTimeout.userData(slot: slot, generation: p.pointee.generation))
         }
     }
@@ -829,8 +830,10 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         defer { trimSlots() }
         var work = 0
         let now = core.nowMilliseconds
+        // Deadlines are armed a tick past the time asked for (the clock reads whole
+        // milliseconds, already partly gone), so processing up to `now` is never early.
         if timers.count > 0 && timers.nextHint <= now {
-            timers.advance(to: now &+ 1, into: &expired)
+            timers.advance(to: now, into: &expired)
             for e in expired { timerFired(e) }
             work += expired.count
             expired.removeAll(keepingCapacity: true)
@@ -940,7 +943,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
             let deadline = p.pointee.lastActive &+ UInt32(p.pointee.idleSeconds) * 1000
             if Int32(bitPattern: deadline &- now) > 0 {
                 p.pointee.set(.idleTimerArmed)
-                _ = timers.arm(at: core.nowMilliseconds &+ UInt64(deadline &- now), payload: payload)
+                _ = timers.arm(at: core.nowMilliseconds &+ UInt64(deadline &- now) &+ 1, payload: payload)
             } else {
                 p.pointee.set(.abortive)
                 finish(slot, .idle)

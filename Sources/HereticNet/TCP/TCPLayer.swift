@@ -434,6 +434,7 @@ public final class TCPLayer: ConnectionEngine {
     @inlinable func connect<H: TCPHandler>(to remote: TCPEndpoint, timeoutMilliseconds: Int? = nil, receiveWindow: Int = 65_535,
                                            handler: H) -> (port: UInt16, ref: UInt64) {
         let window = UInt32(clamping: max(0, receiveWindow))
+        refreshClock()
         guard let port = ephemeralPort(for: remote) else {
             // Every local port to this peer is a live connection.
             refuseLater(handler)
@@ -485,6 +486,7 @@ public final class TCPLayer: ConnectionEngine {
     public func setTimer(_ ref: UInt64, _ milliseconds: Int?) {
         if let old = userTimerHandles.removeValue(forKey: ref) { userTimers.cancel(old) }
         guard let ms = milliseconds, isLive(ref), !arena(ref).isTimeWait(ConnectionRef.slot(ref)) else { return }
+        refreshClock()
         userTimerHandles[ref] = userTimers.arm(at: now &+ UInt64(max(0, ms)) &+ 1, payload: ref)
     }
 
@@ -525,6 +527,7 @@ public final class TCPLayer: ConnectionEngine {
 
     @usableFromInline func setIdleSettings(_ ref: UInt64, _ change: (inout TCB) -> Void) {
         guard isLive(ref) else { return }
+        refreshClock()
         var out = takeActions()
         defer { giveBack(&out) }
         let a = arena(ref), slot = ConnectionRef.slot(ref)
@@ -738,11 +741,21 @@ public final class TCPLayer: ConnectionEngine {
         }
     }
 
+    /// Brings the clock up to the polling core's (when a call comes between polls, after the
+    /// core slept or handled messages first): deadlines set now are measured from now.
+    @usableFromInline func refreshClock() {
+        guard let core = interface.core, core.isCurrent, let epoch else { return }
+        let fresh = core.nowMilliseconds
+        guard fresh > now else { return }
+        now = fresh
+        clock = UInt32(truncatingIfNeeded: fresh &- epoch)
+    }
+
     /// Advances the timers to `now` (milliseconds) and runs what expired.
     func tick(now: UInt64) {
-        self.now = now
+        self.now = max(self.now, now)
         if epoch == nil { epoch = now }
-        clock = UInt32(truncatingIfNeeded: now &- epoch!)
+        clock = UInt32(truncatingIfNeeded: self.now &- epoch!)
         if !nextTick.isEmpty {
             let work = nextTick
             nextTick.removeAll()

@@ -67,7 +67,8 @@ public protocol TCPConnection {
     var bytesQueued: Int { get }
     /// Whether the connection still takes data to send (open, and not closing).
     var canSend: Bool { get }
-    /// Whether a send took less than it was given and `writable` has not followed yet.
+    /// Whether `writable` is due: a send took less than it was given, or the queue grew past
+    /// half its buffer; it follows once the queue has drained below that mark.
     var isHeldBack: Bool { get }
     /// Turns Nagle's algorithm off (true) or on (false, the default): with it off, small
     /// segments go out at once even while earlier data is unacknowledged.

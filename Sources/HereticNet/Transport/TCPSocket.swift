@@ -403,7 +403,8 @@ struct SocketHandler: TCPHandler {
 /// stackless tasks with `accept()` / `waitAcceptable(_:)`.
 public final class TCPListener: AsyncSequence, @unchecked Sendable {
     public typealias Element = TCPSocket
-    public let port: UInt16
+    /// The port listened on (the one chosen, when 0 was asked for).
+    public internal(set) var port: UInt16
     let core: Core?
     var ready: [TCPSocket] = []
     var readyHead = 0
