@@ -46,7 +46,8 @@ public final class Interface {
     /// The core whose loop polls the interface (set by `InterfacePoller`): calls made between
     /// polls (a message, a task) read its clock, so that a deadline they set is measured from
     /// the time of the call, never from the last poll.
-    public internal(set) weak var core: Core?
+    /// (Unretained: the core outlives the interfaces it polls.)
+    public internal(set) unowned(unsafe) var core: Core?
     @exclusivity(unchecked) var arp: ARPCache
     /// Bound UDP handlers by port: a flat table, allocated on the first bind (512 KiB).
     @usableFromInline @exclusivity(unchecked) var udp: [AnyUDPBinding?] = []

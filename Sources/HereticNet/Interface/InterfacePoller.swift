@@ -7,15 +7,22 @@ public final class InterfacePoller: CorePoller {
 
     public init() {}
 
-    public func add(_ interface: Interface) { interfaces.append(interface) }
+    /// Whether the interfaces know the core that polls them.
+    var attached = false
+
+    public func add(_ interface: Interface) {
+        interfaces.append(interface)
+        attached = false
+    }
 
     public func poll(_ core: Core) -> Int {
         let now = core.nowMilliseconds
         var work = 0
-        for i in interfaces {
-            if i.core !== core { i.core = core }
-            work += i.poll(now: now)
+        if !attached {
+            for i in interfaces { i.core = core }
+            attached = true
         }
+        for i in interfaces { work += i.poll(now: now) }
         return work
     }
 }
