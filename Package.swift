@@ -19,6 +19,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "HereticCore", targets: ["HereticCore"]),
+        .library(name: "HereticTransport", targets: ["HereticTransport"]),
         .library(name: "HereticNet", targets: ["HereticNet"]),
         .executable(name: "heretic", targets: ["heretic"]),
     ],
@@ -28,8 +29,13 @@ let package = Package(
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
     ],
     targets: [
-        // Thin C layer over what Swift cannot reach directly: CPU affinity, eventfd, futex-free latches.
+        // Thin C layers over what Swift cannot reach directly. The core's: CPU affinity,
+        // threads, eventfd, clocks, RSS, child processes.
         .target(name: "CHereticSys"),
+        // The kernel engine's: io_uring through its system calls, epoll, socket calls.
+        .target(name: "CHereticKernel"),
+        // AF_XDP: the redirect program and the socket's rings.
+        .target(name: "CHereticXDP"),
         // Layer 1: per-core reactors, stackless tasks, events, timing wheel, mailboxes, executors.
         .target(
             name: "HereticCore",
@@ -39,11 +45,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // Layer 2: the user-space network stack. Wire/ holds one file per header: typed views
-        // that parse and emit, checking lengths before trusting them, with no state.
+        // The one transport API every engine serves and every service is written against:
+        // NetworkEngine, TCPHandler/TCPConnection, UDP, TCPSocket (async and blocking-style).
+        .target(
+            name: "HereticTransport",
+            dependencies: ["HereticCore"],
+            swiftSettings: swiftSettings
+        ),
+        // Layer 2 and the packet paths: Stack/ (Heretic's own Ethernet/ARP/IPv4/ICMP/UDP/TCP;
+        // Wire/ holds one file per header), Kernel/ (the kernel engine: Linux's sockets through
+        // io_uring or epoll), Devices/ (virtual switch, TAP, AF_XDP, test devices).
         .target(
             name: "HereticNet",
-            dependencies: ["HereticCore", "CHereticSys"],
+            dependencies: ["HereticCore", "HereticTransport", "CHereticSys", "CHereticKernel", "CHereticXDP"],
             swiftSettings: swiftSettings
         ),
         // The brief's workloads, reproduced as self-checking benchmarks.
@@ -52,6 +66,8 @@ let package = Package(
             dependencies: [
                 "HereticCore",
                 "HereticNet",
+                "CHereticSys",
+                "CHereticKernel",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings
@@ -62,6 +78,8 @@ let package = Package(
                 "HereticBench",
                 "HereticCore",
                 "HereticNet",
+                "CHereticSys",
+                "CHereticKernel",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -70,11 +88,11 @@ let package = Package(
         // The transport API's contract, run on every engine and packet path.
         .testTarget(
             name: "HereticContractTests",
-            dependencies: ["HereticNet", "HereticCore", "HereticBench", "CHereticSys"]
+            dependencies: ["HereticNet", "HereticCore", "HereticBench", "CHereticSys", "CHereticKernel"]
         ),
         .testTarget(
             name: "HereticNetTests",
-            dependencies: ["HereticNet"],
+            dependencies: ["HereticNet", "HereticTransport", "CHereticKernel"],
             exclude: ["captured-veth.pcap"]
         ),
     ],

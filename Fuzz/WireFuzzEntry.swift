@@ -1,5 +1,5 @@
 // libFuzzer entry for every wire parser: built by scripts/fuzz together with
-// Sources/HereticNet/Wire/*.swift, outside the package (libFuzzer needs -sanitize=fuzzer).
+// Sources/HereticNet/Stack/Wire/*.swift (with Sources/HereticTransport/Address.swift), outside the package (libFuzzer needs -sanitize=fuzzer).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func wireFuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let buffer = UnsafeMutableRawPointer.allocate(byteCount: max(size, 1), alignment: 8)

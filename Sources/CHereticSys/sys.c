@@ -301,3 +301,5 @@ int heretic_run(char *const argv[], char *output, size_t capacity) {
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return -1;
 }
+
+const char *heretic_strerror(int err) { return strerror(err); }

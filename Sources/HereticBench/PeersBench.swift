@@ -1,3 +1,4 @@
+import CHereticKernel
 import CHereticSys
 import HereticCore
 import HereticNet

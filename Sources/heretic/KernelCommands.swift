@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import CHereticKernel
 import CHereticSys
 import HereticBench
 import HereticNet

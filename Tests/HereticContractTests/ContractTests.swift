@@ -402,7 +402,7 @@ struct BlockingStyle: Scenario {
         try bed.expect("both tasks finished") { _, _ in ok.connected == 1 && refused.connected == 1 }
         try bed.check(ok, refused) { ok, refused in
             #expect(ok.notes == ["connect ok", "send sent", "recv ok hello, task", "recv again timeout", "close ok"])
-            #expect(refused.notes == ["connect failure(HereticNet.TCPError.refused)"])
+            #expect(refused.notes == ["connect failure(HereticTransport.TCPError.refused)"])
         }
     }
 }

@@ -247,13 +247,22 @@ struct HardeningTests {
 
     @Test("4-tuples chosen to collide under an unkeyed hash stay cheap to look up")
     func keyedConnectionHash() {
-        var table = ConnectionTable()
-        // Keys that differ only in their top bits: under a plain multiplicative hash every one
-        // of them lands in the same home bucket.
-        let keys = (1...5000).map { UInt64($0) << 47 | 0x1234_5678 }
-        for (i, k) in keys.enumerated() { table[k] = UInt64(i) }
-        let longest = keys.map { table.probeLength($0) }.max() ?? 0
-        #expect(longest < 64, "the longest probe took \(longest) steps")
-        #expect(keys.enumerated().allSatisfy { table[$1] == UInt64($0) })
+        // Keys that differ only in their top bits, only in their bottom bits, or only in the
+        // client port: a plain multiply-shift hash piles each family into a few long runs.
+        // Each family goes into several tables, each with its own random keys.
+        let families: [(String, [UInt64])] = [
+            ("top bits", (1...5000).map { UInt64($0) << 47 | 0x1234_5678 }),
+            ("bottom bits", (1...5000).map { UInt64($0) }),
+            ("client ports", (1024..<6024).map { UInt64(0x0A00_0002) << 32 | UInt64($0) << 16 | 80 }),
+        ]
+        for (name, keys) in families {
+            for _ in 0..<8 {
+                var table = ConnectionTable()
+                for (i, k) in keys.enumerated() { table[k] = UInt64(i) }
+                let longest = keys.map { table.probeLength($0) }.max() ?? 0
+                #expect(longest < 64, "\(name): the longest probe took \(longest) steps")
+                #expect(keys.enumerated().allSatisfy { table[$1] == UInt64($0) })
+            }
+        }
     }
 }

@@ -1,4 +1,5 @@
 import Testing
+import CHereticKernel
 import CHereticSys
 #if canImport(Glibc)
 import Glibc
@@ -346,7 +347,7 @@ struct KernelNetworkTests {
         #expect(try host.eventually { _ in results.done.count == 3 })
         let log = try host.runtime.run(on: 0) { _ in results.done }
         #expect(log[0] == ["connect ok", "send sent", "recv ok 12", "close ok"])
-        #expect(log[1] == ["connect failure(HereticNet.TCPError.refused)"])
+        #expect(log[1] == ["connect failure(HereticTransport.TCPError.refused)"])
         #expect(log[2] == ["connect ok", "send sent", "recv timeout"])
     }
 

@@ -212,7 +212,7 @@ struct TCPSocketTests {
         while try hosts.runtime.run(on: 0, { _ in results.done.count }) < 3 && MonotonicClock.nanoseconds() < deadline {}
         let log = try hosts.runtime.run(on: 0) { _ in results.done }
         #expect(log[0] == ["connect ok", "send sent", "recv ok 12", "close ok"])
-        #expect(log[1] == ["connect failure(HereticNet.TCPError.refused)"])
+        #expect(log[1] == ["connect failure(HereticTransport.TCPError.refused)"])
         #expect(log[2] == ["connect ok", "send sent", "recv timeout"])
     }
 }

@@ -1,8 +1,8 @@
-// Stand-alone check of the AF_XDP layer (Sources/CHereticSys/xdp.c) on a veth pair, without
+// Stand-alone check of the AF_XDP layer (Sources/CHereticXDP/xdp.c) on a veth pair, without
 // Swift. Needs root. Build and run:
 //
-//   gcc -O2 -Wall -Wextra -I Sources/CHereticSys/include -o /tmp/xdp-selftest
-//       scripts/xdp/xdp-selftest.c Sources/CHereticSys/xdp.c
+//   gcc -O2 -Wall -Wextra -I Sources/CHereticXDP/include -o /tmp/xdp-selftest
+//       scripts/xdp/xdp-selftest.c Sources/CHereticXDP/xdp.c
 //   /tmp/xdp-selftest [any|native|generic] [any|zerocopy|copy]
 //
 // It makes namespace `hxdp` holding veth end hxdp1 (10.78.0.1/24) whose peer hxdp0 stays in

@@ -89,10 +89,9 @@ void heretic_fd_close(int fd);
 /// if it could not start (128 + signal if killed).
 int heretic_run(char *const argv[], char *output, size_t capacity);
 
-/// Kernel sockets: io_uring, epoll and socket calls (see heretic_kernel.h).
-#include "heretic_kernel.h"
-/// AF_XDP: the redirect program and the socket (see heretic_xdp.h).
-#include "heretic_xdp.h"
+/// The text of an errno value.
+const char *heretic_strerror(int err);
+
 /// Child processes and termination signals (see heretic_process.h).
 #include "heretic_process.h"
 

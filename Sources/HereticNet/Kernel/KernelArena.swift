@@ -1,3 +1,4 @@
+import HereticTransport
 /// A connection on Linux's sockets, as its handler's callbacks see it. Handlers take it as
 /// `some TCPConnection`; every call goes straight to the engine (a final class).
 public struct KernelConnection: TCPConnection {

@@ -1,3 +1,4 @@
+import HereticTransport
 import HereticCore
 
 extension KernelNetwork: NetworkEngine {

@@ -1,3 +1,5 @@
+import HereticTransport
+import CHereticKernel
 import CHereticSys
 #if canImport(Glibc)
 import Glibc
