@@ -21,12 +21,16 @@ let package = Package(
         .library(name: "HereticCore", targets: ["HereticCore"]),
         .library(name: "HereticTransport", targets: ["HereticTransport"]),
         .library(name: "HereticNet", targets: ["HereticNet"]),
+        .library(name: "EchoService", targets: ["EchoService"]),
         .executable(name: "heretic", targets: ["heretic"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-atomics", from: "1.2.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.1.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
     ],
     targets: [
         // Thin C layers over what Swift cannot reach directly. The core's: CPU affinity,
@@ -60,6 +64,17 @@ let package = Package(
             dependencies: ["HereticCore", "HereticTransport", "CHereticSys", "CHereticKernel", "CHereticXDP"],
             swiftSettings: swiftSettings
         ),
+        // Services: each its own target, written against the transport API alone (plus
+        // logging and metrics), so it runs on either engine.
+        .target(
+            name: "EchoService",
+            dependencies: [
+                "HereticTransport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The brief's workloads, reproduced as self-checking benchmarks.
         .target(
             name: "HereticBench",
@@ -80,7 +95,11 @@ let package = Package(
                 "HereticNet",
                 "CHereticSys",
                 "CHereticKernel",
+                "EchoService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         .testTarget(name: "HereticCoreTests", dependencies: ["HereticCore"]),
@@ -88,7 +107,7 @@ let package = Package(
         // The transport API's contract, run on every engine and packet path.
         .testTarget(
             name: "HereticContractTests",
-            dependencies: ["HereticNet", "HereticCore", "HereticBench", "CHereticSys", "CHereticKernel"]
+            dependencies: ["HereticNet", "HereticCore", "HereticBench", "CHereticSys", "CHereticKernel", "EchoService"]
         ),
         .testTarget(
             name: "HereticNetTests",

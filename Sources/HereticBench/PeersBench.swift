@@ -28,8 +28,8 @@ public struct PeersBenchmark {
     /// The servers, from this executable and the peers' binaries in `peersDirectory`.
     public static func standardServers(heretic: String, peersDirectory: String) -> [Server] {
         [
-            Server(name: "heretic-io_uring", command: [heretic, "serve", "echo", "--port", "{port}", "--backend", "io_uring"], heretic: true),
-            Server(name: "heretic-epoll", command: [heretic, "serve", "echo", "--port", "{port}", "--backend", "epoll"], heretic: true),
+            Server(name: "heretic-io_uring", command: [heretic, "serve", "echo", "--port", "{port}", "--backend", "io_uring", "--log-level", "warning"], heretic: true),
+            Server(name: "heretic-epoll", command: [heretic, "serve", "echo", "--port", "{port}", "--backend", "epoll", "--log-level", "warning"], heretic: true),
             Server(name: "swiftnio", command: [peersDirectory + "/echo-nio", "--port", "{port}"], heretic: false),
             Server(name: "go", command: [peersDirectory + "/echo-go", "--port", "{port}"], heretic: false),
             Server(name: "c-epoll", command: [peersDirectory + "/echo-c", "--port", "{port}"], heretic: false),

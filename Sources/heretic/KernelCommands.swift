@@ -12,37 +12,6 @@ func pinProcess(_ cpu: Int?) throws {
     if rc != 0 { throw ValidationError("cannot pin to CPU \(cpu): \(String(cString: heretic_strerror(rc)))") }
 }
 
-struct Serve: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        abstract: "Run services on the kernel-socket engine.",
-        subcommands: [Echo.self])
-
-    struct Echo: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "A TCP echo server on 127.0.0.1, one core; prints \"ready <port>\" and serves until SIGINT or SIGTERM.")
-        @Option(help: "Port (0: any free port).") var port: UInt16 = 7000
-        @Option(help: "io_uring or epoll (default: io_uring where the kernel allows it; HERETIC_KERNEL_BACKEND=epoll forces the fallback).")
-        var backend: KernelBackend?
-        @Option(help: "CPU to run on.") var cpu: Int?
-        @Option(help: "Stop after this many seconds (default: only on a signal).") var seconds: Double?
-        @OptionGroup var output: OutputOptions
-
-        func validate() throws {
-            if let s = seconds, !(s > 0) { throw ValidationError("--seconds must be positive") }
-            if let c = cpu, c < 0 { throw ValidationError("--cpu must be a CPU number") }
-        }
-
-        func run() throws {
-            try pinProcess(cpu)
-            let result = try KernelEchoServer(port: port, backend: backend, seconds: seconds).run { port, backend, reason in
-                print("ready \(port) \(backend.rawValue) (\(reason))")
-                fflush(nil)
-            }
-            try report([result], output)
-        }
-    }
-}
-
 struct LoadGen: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loadgen",
