@@ -36,6 +36,16 @@ public struct PeersBenchmark {
         ]
     }
 
+    /// Heretic's kernel engine on both cores (SO_REUSEPORT listeners, one ring or epoll set
+    /// per core): for the scaling comparison, asked for by name.
+    public static func multicoreServers(heretic: String) -> [Server] {
+        KernelBackend.allCases.map { backend in
+            Server(name: "heretic-\(backend.rawValue)-2cores",
+                   command: [heretic, "serve", "echo", "--port", "{port}", "--backend", backend.rawValue, "--cores", "2",
+                             "--log-level", "warning"], heretic: true)
+        }
+    }
+
     public init(seconds: Double, rounds: Int, modes: [EchoLoadMode], servers: [Server]) {
         self.seconds = seconds
         self.rounds = rounds

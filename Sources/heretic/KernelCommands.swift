@@ -60,6 +60,8 @@ extension Bench {
         @Option(help: "Runs of every server and mode.") var rounds = 2
         @Option(help: "Where echo-c, echo-go and echo-nio are.") var peers = "Benchmarks/peers/bin"
         @Option(help: "streaming, ping-pong or both.") var mode: ModeChoice = .both
+        @Option(help: "Servers to run, comma-separated (default: heretic-io_uring, heretic-epoll, swiftnio, go, c-epoll; also heretic-io_uring-2cores and heretic-epoll-2cores, Heretic's kernel engine on both cores).")
+        var servers: String?
         @OptionGroup var output: OutputOptions
 
         enum ModeChoice: String, ExpressibleByArgument { case streaming, pingpong = "ping-pong", both }
@@ -71,7 +73,16 @@ extension Bench {
 
         func run() throws {
             let heretic = currentExecutablePath()
-            let servers = PeersBenchmark.standardServers(heretic: heretic, peersDirectory: peers)
+            let standard = PeersBenchmark.standardServers(heretic: heretic, peersDirectory: peers)
+            let known = standard + PeersBenchmark.multicoreServers(heretic: heretic)
+            var servers = standard
+            if let list = self.servers {
+                let names = list.split(separator: ",").map(String.init)
+                if let unknown = names.first(where: { n in !known.contains { $0.name == n } }) {
+                    throw ValidationError("--servers: no server \(unknown) (known: \(known.map(\.name).joined(separator: ", ")))")
+                }
+                servers = names.map { n in known.first { $0.name == n }! }
+            }
             let missing = servers.filter { !$0.heretic && access($0.command[0], X_OK) != 0 }
             if !missing.isEmpty, access("Benchmarks/peers/build.sh", X_OK) == 0 {
                 note("peers missing (\(missing.map(\.name).joined(separator: ", "))): running Benchmarks/peers/build.sh")
@@ -108,12 +119,12 @@ func note(_ text: String) {
 func printPeersTable(_ results: [BenchResult]) {
     func pad(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(0, n - s.count)) }
     func ratio(_ r: BenchResult, _ key: String) -> String { r[key]?.asDouble.map { formatFixed($0, digits: 2) + "x" } ?? "" }
-    print(pad("mode", 11) + pad("server", 18) + pad("msgs/s", 10) + pad("p50 us", 9) + pad("p99 us", 9) + pad("p99.9 us", 10)
+    print(pad("mode", 11) + pad("server", 24) + pad("msgs/s", 10) + pad("p50 us", 9) + pad("p99 us", 9) + pad("p99.9 us", 10)
           + pad("server CPU", 12) + pad("of it user", 12) + pad("CPU us/msg", 12) + pad("load CPU", 10)
           + "vs best peer  vs SwiftNIO  CPU/msg vs SwiftNIO")
     for r in results {
         let percent = { (key: String) in r[key]?.asDouble.map { formatFixed($0, digits: 0) + " %" } ?? "" }
-        print(pad(r["mode"]?.human ?? "", 11) + pad(r["server"]?.human ?? "", 18)
+        print(pad(r["mode"]?.human ?? "", 11) + pad(r["server"]?.human ?? "", 24)
               + pad(humanRate(r["msgs_per_sec"]?.asDouble ?? 0), 10)
               + pad(r["p50_us"]?.human ?? "", 9) + pad(r["p99_us"]?.human ?? "", 9) + pad(r["p999_us"]?.human ?? "", 10)
               + pad(percent("server_cpu_percent"), 12) + pad(percent("server_user_cpu_percent"), 12)

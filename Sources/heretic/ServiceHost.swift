@@ -253,6 +253,7 @@ struct ServiceHost<S: NetworkService & SendableMetatype> {
             r.add("engine", engineName)
             r.add("port", Int(port))
             r.add("cores", cores)
+            r.add("verified", verified)
             for (k, v) in rows { r.add(k, v) }
             print(r.json)
         } else {
