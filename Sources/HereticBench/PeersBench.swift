@@ -36,6 +36,15 @@ public struct PeersBenchmark {
         ]
     }
 
+    /// Another build of Heretic (an earlier commit, say) on its kernel engine, named
+    /// `baseline-<backend>`: a before-and-after comparison in one run.
+    public static func baselineServers(heretic: String) -> [Server] {
+        KernelBackend.allCases.map { backend in
+            Server(name: "baseline-\(backend.rawValue)",
+                   command: [heretic, "serve", "echo", "--port", "{port}", "--backend", backend.rawValue], heretic: true)
+        }
+    }
+
     /// Heretic's kernel engine on both cores (SO_REUSEPORT listeners, one ring or epoll set
     /// per core): for the scaling comparison, asked for by name.
     public static func multicoreServers(heretic: String) -> [Server] {

@@ -37,7 +37,7 @@ public struct BenchResult: Sendable {
     /// False when the benchmark's own verification failed.
     public var verified: Bool
 
-    public init(bench: String, verified: Bool = true) {
+    public init(bench: String, verified: Bool) {
         self.verified = verified
         fields.append(("bench", .string(bench)))
     }

@@ -62,6 +62,8 @@ extension Bench {
         @Option(help: "streaming, ping-pong or both.") var mode: ModeChoice = .both
         @Option(help: "Servers to run, comma-separated (default: heretic-io_uring, heretic-epoll, swiftnio, go, c-epoll; also heretic-io_uring-2cores and heretic-epoll-2cores, Heretic's kernel engine on both cores).")
         var servers: String?
+        @Option(help: "Another heretic executable (an earlier build, say): its kernel engine runs beside this one's as baseline-io_uring and baseline-epoll.")
+        var baseline: String?
         @OptionGroup var output: OutputOptions
 
         enum ModeChoice: String, ExpressibleByArgument { case streaming, pingpong = "ping-pong", both }
@@ -74,8 +76,9 @@ extension Bench {
         func run() throws {
             let heretic = currentExecutablePath()
             let standard = PeersBenchmark.standardServers(heretic: heretic, peersDirectory: peers)
-            let known = standard + PeersBenchmark.multicoreServers(heretic: heretic)
-            var servers = standard
+            let baselines = baseline.map { PeersBenchmark.baselineServers(heretic: $0) } ?? []
+            let known = standard + PeersBenchmark.multicoreServers(heretic: heretic) + baselines
+            var servers = standard + baselines
             if let list = self.servers {
                 let names = list.split(separator: ",").map(String.init)
                 if let unknown = names.first(where: { n in !known.contains { $0.name == n } }) {
