@@ -140,12 +140,16 @@ public struct EchoLoadGenerator {
     public var window = 128
     /// Called as measuring starts (after the warm-up), from the calling thread.
     public var onMeasuring: (() -> Void)?
+    /// The load generator's engine's set-up.
+    public var configuration: KernelConfiguration
 
-    public init(port: UInt16, mode: EchoLoadMode, connections: Int? = nil, seconds: Double) {
+    public init(port: UInt16, mode: EchoLoadMode, connections: Int? = nil, seconds: Double,
+                configuration: KernelConfiguration = KernelConfiguration()) {
         self.port = port
         self.mode = mode
         self.connections = connections ?? (mode == .streaming ? 4 : 1000)
         self.seconds = seconds
+        self.configuration = configuration
     }
 
     public func run() throws -> BenchResult {
@@ -170,9 +174,10 @@ public struct EchoLoadGenerator {
             try? runtime.run(on: 0) { _ in engine.value.pointee = nil }
             runtime.shutdown()
         }
+        let configuration = self.configuration
         let failure = try runtime.run(on: 0) { core -> String? in
             do throws(NetError) {
-                engine.value.pointee = try KernelNetwork(core: core)
+                engine.value.pointee = try KernelNetwork(core: core, configuration: configuration)
                 return nil
             } catch { return "\(error)" }
         }
@@ -228,11 +233,15 @@ public struct KernelEchoServer {
     public var port: UInt16
     public var backend: KernelBackend?
     public var seconds: Double?
+    /// The engine's set-up (`backend`, when given, overrides its backend).
+    public var configuration: KernelConfiguration
 
-    public init(port: UInt16, backend: KernelBackend?, seconds: Double?) {
+    public init(port: UInt16, backend: KernelBackend?, seconds: Double?,
+                configuration: KernelConfiguration = KernelConfiguration()) {
         self.port = port
         self.backend = backend
         self.seconds = seconds
+        self.configuration = configuration
     }
 
     /// Runs until told to stop; returns the engine's backend and counters.
@@ -249,10 +258,10 @@ public struct KernelEchoServer {
             engine.value.deallocate()
             counts.value.deallocate()
         }
-        let (backend, port) = (self.backend, self.port)
+        let (configuration, port) = (self.configuration.requesting(backend), self.port)
         let started = try runtime.run(on: 0) { core -> Result<(UInt16, KernelBackend, String), NetError> in
             Result { () throws(NetError) in
-                let net = try KernelNetwork(core: core, backend: backend)
+                let net = try KernelNetwork(core: core, configuration: configuration)
                 engine.value.pointee = net
                 let bound = try net.listenTCP(port: port, address: IPv4Address(127, 0, 0, 1)) {
                     TCPEchoServer(noDelay: true, counts: counts.value)

@@ -34,7 +34,8 @@ struct Serve: ParsableCommand {
 
         func run() throws {
             try pinProcess(cpu)
-            let result = try KernelEchoServer(port: port, backend: backend, seconds: seconds).run { port, backend, reason in
+            let result = try KernelEchoServer(port: port, backend: backend, seconds: seconds,
+                                                configuration: .fromEnvironment()).run { port, backend, reason in
                 print("ready \(port) \(backend.rawValue) (\(reason))")
                 fflush(nil)
             }
@@ -64,7 +65,8 @@ struct LoadGen: ParsableCommand {
 
     func run() throws {
         try pinProcess(cpu)
-        var load = EchoLoadGenerator(port: port, mode: mode, connections: connections, seconds: seconds)
+        var load = EchoLoadGenerator(port: port, mode: mode, connections: connections, seconds: seconds,
+                                         configuration: .fromEnvironment())
         if announce {
             load.onMeasuring = {
                 print("measuring")

@@ -66,10 +66,11 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     /// `batchedSendsFrom` completions are batched, one `io_uring_enter` for all of them.
     /// Measured on this 2-core VM (`serve echo` against `loadgen`): at once was 8-19 % faster
     /// in streaming (a few completions per turn), batched cut the CPU per message in
-    /// ping-pong (hundreds per turn). False (`HERETIC_BATCHED_SENDS`) batches every send.
-    public var directSends = getenvString("HERETIC_BATCHED_SENDS") == nil
+    /// ping-pong (hundreds per turn). False (`HERETIC_BATCHED_SENDS`, through
+    /// `KernelConfiguration(environment:)`) batches every send.
+    public var directSends: Bool
     /// Completions in one batch from which its handlers' sends are batched.
-    public var batchedSendsFrom = getenvString("HERETIC_BATCH_SENDS_FROM").flatMap { Int($0) } ?? 16
+    public var batchedSendsFrom: Int
     /// True while handling a batch of completions large enough to batch sends.
     @usableFromInline var busyTurn = false
     @usableFromInline var arenas: [AnyKernelArena] = []
@@ -129,7 +130,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     /// The most a connection's send queue holds (unless set per connection); a send beyond
     /// it takes what fits and `writable` follows. The queue holds only what the kernel's
     /// socket buffer did not take.
-    public var sendBufferSize = 256 << 10
+    public var sendBufferSize: Int
     /// Sends that took less than asked (the connection's buffer or the process-wide cap).
     public private(set) var sendBufferFull = 0
     @usableFromInline var sendCredit: SendCredit
@@ -148,36 +149,33 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     public var enters: UInt64 { ring.map { heretic_ring_enters($0) } ?? epollWaits }
     var epollWaits: UInt64 = 0
 
-    /// Chooses io_uring unless `HERETIC_KERNEL_BACKEND=epoll` asks otherwise, it is disabled
-    /// (`/proc/sys/kernel/io_uring_disabled`), or it cannot be set up here: then epoll.
+    /// Sets the engine up as `configuration` says. With no backend given it chooses io_uring
+    /// unless it is disabled (`/proc/sys/kernel/io_uring_disabled`) or cannot be set up here:
+    /// then epoll. (`KernelConfiguration(environment:)` honours `HERETIC_KERNEL_BACKEND=epoll`.)
     /// io_uring receives land in `receiveBuffers` buffers of `receiveBufferSize` bytes, of
-    /// which the ring holds `receiveBuffersInRing` at first, the most recently used (it
-    /// doubles them each time receives find it dry). Few buffers in the ring keep the memory
-    /// receives are copied into in the cache: measured on this VM (`serve echo` against
-    /// `loadgen`, streaming), 0.14-0.16 us of server CPU per message against 0.17-0.21 when
-    /// every receive took the next of 2,048 buffers in turn.
-    public init(core: Core, backend requested: KernelBackend? = nil, ringEntries: Int = 4096,
-                receiveBuffers: Int = 2048, receiveBufferSize: Int = 65_536,
-                receiveBuffersInRing: Int = 16, sendMemory: SendMemory = .shared) throws(NetError) {
+    /// which the ring holds `receiveBuffersInRing` at first (see `KernelConfiguration`).
+    public init(core: Core, configuration: KernelConfiguration = KernelConfiguration()) throws(NetError) {
         precondition(core.isCurrent, "Heretic: make a KernelNetwork on its own core")
         self.core = core
-        sendCredit = SendCredit(sendMemory)
+        let ringEntries = configuration.ringEntries
+        let receiveBuffers = configuration.receiveBuffers
+        let receiveBufferSize = configuration.receiveBufferSize
+        let receiveBuffersInRing = configuration.receiveBuffersInRing
+        sendCredit = SendCredit(configuration.sendMemory)
+        directSends = configuration.directSends
+        batchedSendsFrom = configuration.batchedSendsFrom
+        sendBufferSize = configuration.sendBufferSize
         self.receiveBuffers = receiveBuffers
         self.receiveBufferSize = receiveBufferSize
         scratch = .allocate(byteCount: Self.scratchSize, alignment: 64)
         completions = .allocate(capacity: Self.completionBatch)
         timers = TimerWheel(startTick: core.nowMilliseconds)
 
-        var choice = requested
-        var reason = requested.map { "\($0.rawValue) requested" } ?? ""
-        if choice == nil {
-            if let env = getenvString("HERETIC_KERNEL_BACKEND"), let forced = KernelBackend(rawValue: env) {
-                choice = forced
-                reason = "HERETIC_KERNEL_BACKEND=\(env)"
-            } else if heretic_io_uring_disabled() > 0 {
-                choice = .epoll
-                reason = "io_uring disabled (/proc/sys/kernel/io_uring_disabled = \(heretic_io_uring_disabled()))"
-            }
+        var choice = configuration.backend
+        var reason = configuration.backend.map { configuration.backendSource ?? "\($0.rawValue) requested" } ?? ""
+        if choice == nil && heretic_io_uring_disabled() > 0 {
+            choice = .epoll
+            reason = "io_uring disabled (/proc/sys/kernel/io_uring_disabled = \(heretic_io_uring_disabled()))"
         }
         if choice != .epoll {
             var r: OpaquePointer?
@@ -1274,11 +1272,6 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         default: .refused  // ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ...
         }
     }
-}
-
-func getenvString(_ name: String) -> String? {
-    guard let v = getenv(name) else { return nil }
-    return String(cString: v)
 }
 
 struct KernelListenerState {
