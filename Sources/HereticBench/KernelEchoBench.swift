@@ -12,12 +12,16 @@ public struct KernelEchoBenchmark {
     public var connections: Int
     public var seconds: Double
     public var backend: KernelBackend?
+    /// The engines' set-up (`backend`, when given, overrides its backend).
+    public var configuration: KernelConfiguration
     public var size = 150
 
-    public init(connections: Int, seconds: Double, backend: KernelBackend?) {
+    public init(connections: Int, seconds: Double, backend: KernelBackend?,
+                configuration: KernelConfiguration = KernelConfiguration()) {
         self.connections = connections
         self.seconds = seconds
         self.backend = backend
+        self.configuration = configuration
     }
 
     public func run() throws -> BenchResult {
@@ -35,11 +39,11 @@ public struct KernelEchoBenchmark {
             for i in 0..<2 { try? runtime.run(on: i) { _ in engines.value[i] = nil } }
             runtime.shutdown()
         }
-        let backend = self.backend
+        let configuration = self.configuration.requesting(backend)
         for i in 0..<2 {
             let failure = try runtime.run(on: i) { core -> String? in
                 do throws(NetError) {
-                    engines.value[i] = try KernelNetwork(core: core, backend: backend)
+                    engines.value[i] = try KernelNetwork(core: core, configuration: configuration)
                     return nil
                 } catch { return "\(error)" }
             }

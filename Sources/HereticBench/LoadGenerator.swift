@@ -140,12 +140,16 @@ public struct EchoLoadGenerator {
     public var window = 128
     /// Called as measuring starts (after the warm-up), from the calling thread.
     public var onMeasuring: (() -> Void)?
+    /// The load generator's engine's set-up.
+    public var configuration: KernelConfiguration
 
-    public init(port: UInt16, mode: EchoLoadMode, connections: Int? = nil, seconds: Double) {
+    public init(port: UInt16, mode: EchoLoadMode, connections: Int? = nil, seconds: Double,
+                configuration: KernelConfiguration = KernelConfiguration()) {
         self.port = port
         self.mode = mode
         self.connections = connections ?? (mode == .streaming ? 4 : 1000)
         self.seconds = seconds
+        self.configuration = configuration
     }
 
     public func run() throws -> BenchResult {
@@ -170,9 +174,10 @@ public struct EchoLoadGenerator {
             try? runtime.run(on: 0) { _ in engine.value.pointee = nil }
             runtime.shutdown()
         }
+        let configuration = self.configuration
         let failure = try runtime.run(on: 0) { core -> String? in
             do throws(NetError) {
-                engine.value.pointee = try KernelNetwork(core: core)
+                engine.value.pointee = try KernelNetwork(core: core, configuration: configuration)
                 return nil
             } catch { return "\(error)" }
         }

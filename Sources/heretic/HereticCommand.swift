@@ -211,7 +211,8 @@ extension Bench {
             }
             if path == .kernel {
                 let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256, 1000]
-                return try report(try rows.map { try KernelEchoBenchmark(connections: $0, seconds: seconds, backend: backend).run() }, output)
+                return try report(try rows.map { try KernelEchoBenchmark(connections: $0, seconds: seconds, backend: backend,
+                                                                                 configuration: .fromEnvironment()).run() }, output)
             }
             if path == .xdp {
                 let rows = connections.map { [$0] } ?? [1, 8, 32, 64, 128, 256]

@@ -33,7 +33,8 @@ struct LoadGen: ParsableCommand {
 
     func run() throws {
         try pinProcess(cpu)
-        var load = EchoLoadGenerator(port: port, mode: mode, connections: connections, seconds: seconds)
+        var load = EchoLoadGenerator(port: port, mode: mode, connections: connections, seconds: seconds,
+                                         configuration: .fromEnvironment())
         if announce {
             load.onMeasuring = {
                 print("measuring")

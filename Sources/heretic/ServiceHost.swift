@@ -126,7 +126,7 @@ struct ServiceHost<S: NetworkService & SendableMetatype> {
                     slot.service = service
                     switch device.value.choice {
                     case .kernel(let backend):
-                        let net = try KernelNetwork(core: core, backend: backend)
+                        let net = try KernelNetwork(core: core, configuration: KernelConfiguration.fromEnvironment().requesting(backend))
                         slot.kernel = net
                         return try service.start(on: net, port: want)
                     case .stack(let make):
@@ -152,7 +152,7 @@ struct ServiceHost<S: NetworkService & SendableMetatype> {
                     let slot = slots.value[0]
                     let net: KernelNetwork
                     if let k = slot.kernel { net = k } else {
-                        net = try KernelNetwork(core: core)
+                        net = try KernelNetwork(core: core, configuration: .fromEnvironment())
                         slot.metricsEngine = net
                     }
                     return try net.listenTCP(port: want, address: IPv4Address(127, 0, 0, 1)) {

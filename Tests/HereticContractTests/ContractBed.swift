@@ -199,7 +199,7 @@ func tapInterface(_ testbed: TapTestbed, core: Core) -> Interface {
 func namespacedKernel(_ testbed: TapTestbed, core: Core) throws -> KernelNetwork {
     let rc = heretic_enter_netns(testbed.namespace)
     guard rc == 0 else { throw ContractError("setns \(testbed.namespace): \(String(cString: heretic_strerror(-rc)))") }
-    do { return try KernelNetwork(core: core) } catch { throw ContractError("\(error)") }
+    do { return try KernelNetwork(core: core, configuration: .fromEnvironment()) } catch { throw ContractError("\(error)") }
 }
 
 extension ContractBed where S == Interface, C == KernelNetwork {
@@ -263,8 +263,9 @@ extension ContractBed where S == KernelNetwork, C == KernelNetwork {
         bed.unanswered = Endpoint(loopback, port)
         let failure = try bed.runtime.run(on: 0) { core -> String? in
             do {
-                bed.server = try KernelNetwork(core: core, backend: backend)
-                bed.client = try KernelNetwork(core: core, backend: backend)
+                let configuration = KernelConfiguration.fromEnvironment().requesting(backend)
+                bed.server = try KernelNetwork(core: core, configuration: configuration)
+                bed.client = try KernelNetwork(core: core, configuration: configuration)
             } catch {
                 return "\(error)"
             }

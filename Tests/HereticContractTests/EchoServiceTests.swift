@@ -98,3 +98,47 @@ struct Stubborn: TCPHandler {
     }
     mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
 }
+
+/// A reset that comes after the peer's FIN, to a side that neither reads nor sends any more:
+/// still heard as a reset. Left out where the client is the kernel engine on io_uring (on
+/// .uring, and on .tapStackServer, whose Linux client uses it): nothing is pending on such a
+/// socket, and a poll would fire at once on the FIN already read, so the reset is heard at the
+/// next send (the echo service's test has its stubborn client send for this).
+@Suite("Transport contract: a reset after FIN", .serialized)
+struct ResetAfterFINTests {
+    @Test("a connection that heard FIN and sends nothing still hears the reset that follows",
+          arguments: Path.available.filter { $0 != .uring && $0 != .tapStackServer })
+    func resetAfterFIN(_ path: Path) throws { try path.run(ResetAfterFIN()) }
+}
+
+struct ResetAfterFIN: Scenario {
+    func run<S: NetworkEngine & SendableMetatype, C: NetworkEngine & SendableMetatype>(_ bed: ContractBed<S, C>) throws {
+        let server = Log(), client = Log()
+        let address = bed.serverAddress
+        try bed.run { s, c in
+            let port = try s.listenTCP(port: 0) { Closer(log: server) }
+            c.connectTCP(to: Endpoint(address, port), Quiet(log: client))
+        }
+        try bed.expect("the client heard FIN") { _, _ in client.peerClosed == 1 }
+        try bed.run { _, _ in server.handles[0].abort() }
+        try bed.expect("the client heard the reset") { _, _ in client.closed.count == 1 }
+        try bed.check(client) { client in #expect(client.closed == [.reset]) }
+    }
+}
+
+/// Closes its side as soon as it is connected.
+struct Closer: TCPHandler {
+    let log: Log
+    mutating func connected(_ c: some TCPConnection) {
+        log.handles.append(c.handle)
+        c.close()
+    }
+    mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
+}
+
+/// Hears FIN and does nothing more.
+struct Quiet: TCPHandler {
+    let log: Log
+    mutating func peerClosed(_ c: some TCPConnection) { log.peerClosed += 1 }
+    mutating func closed(_ reason: TCPCloseReason) { log.closed.append(reason) }
+}

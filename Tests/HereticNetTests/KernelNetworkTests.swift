@@ -7,6 +7,11 @@ import Glibc
 import HereticCore
 @testable import HereticNet
 
+func getenvString(_ name: String) -> String? {
+    guard let v = getenv(name) else { return nil }
+    return String(cString: v)
+}
+
 /// A core running a kernel-socket engine on loopback. Everything about the engine is touched
 /// only on that core.
 final class KernelHost: @unchecked Sendable {
@@ -20,9 +25,12 @@ final class KernelHost: @unchecked Sendable {
         runtime = try Runtime(cores: 1, pinThreads: false)
         let made = try runtime.run(on: 0) { core -> String? in
             do throws(NetError) {
-                self.net = try KernelNetwork(core: core, backend: backend, ringEntries: ringEntries, receiveBuffers: receiveBuffers,
-                                             receiveBufferSize: receiveBufferSize,
-                                             receiveBuffersInRing: receiveBuffersInRing)
+                var configuration = KernelConfiguration.fromEnvironment().requesting(backend)
+                configuration.ringEntries = ringEntries
+                configuration.receiveBuffers = receiveBuffers
+                configuration.receiveBufferSize = receiveBufferSize
+                configuration.receiveBuffersInRing = receiveBuffersInRing
+                self.net = try KernelNetwork(core: core, configuration: configuration)
                 return nil
             } catch {
                 return "\(error)"

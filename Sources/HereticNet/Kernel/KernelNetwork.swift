@@ -33,26 +33,22 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     public let backendReason: String
     @usableFromInline unowned(unsafe) let core: Core
 
-    // io_uring
-    @usableFromInline var ring: OpaquePointer?
+    /// The backend carrying the IO: exactly one is set. The engine branches on them where the
+    /// two differ (once per branch point, as on a stored enum): no existential call per
+    /// operation.
+    let uring: URingBackend?
+    let epoll: EpollBackend?
     /// The setup flags the ring got (single issuer, deferred task work where available).
-    public private(set) var ringFlags: UInt32 = 0
-    static let bufferGroup: UInt16 = 7
+    public var ringFlags: UInt32 { uring?.flags ?? 0 }
     /// Receive buffers of the provided ring, and their size.
     public let receiveBuffers: Int
     public let receiveBufferSize: Int
     /// Receives share buffers, each starting where the last ended (Linux 6.12's incremental
     /// consumption), instead of taking a whole buffer each.
-    public var receiveBuffersShared: Bool { ring.map { heretic_ring_buffers_incremental($0) != 0 } ?? false }
+    public var receiveBuffersShared: Bool { uring.map { heretic_ring_buffers_incremental($0.ring) != 0 } ?? false }
     /// Buffers the ring holds now.
-    public var receiveBuffersInRing: Int { ring.map { Int(heretic_ring_buffers_target($0)) } ?? 0 }
-    // epoll
-    var epollFD: Int32 = -1
-    /// Scratch buffer epoll reads land in before the handler sees them.
-    let scratch: UnsafeMutableRawPointer
-    static let scratchSize = 65_536
-
-    let completions: UnsafeMutablePointer<heretic_completion>
+    public var receiveBuffersInRing: Int { uring.map { Int(heretic_ring_buffers_target($0.ring)) } ?? 0 }
+    /// Completions (or epoll events) handled per batch.
     static let completionBatch = 1024
 
     /// Connections: a slot each, in a table that never moves.
@@ -66,23 +62,19 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     /// `batchedSendsFrom` completions are batched, one `io_uring_enter` for all of them.
     /// Measured on this 2-core VM (`serve echo` against `loadgen`): at once was 8-19 % faster
     /// in streaming (a few completions per turn), batched cut the CPU per message in
-    /// ping-pong (hundreds per turn). False (`HERETIC_BATCHED_SENDS`) batches every send.
-    public var directSends = getenvString("HERETIC_BATCHED_SENDS") == nil
+    /// ping-pong (hundreds per turn). False (`HERETIC_BATCHED_SENDS`, through
+    /// `KernelConfiguration(environment:)`) batches every send.
+    public var directSends: Bool
     /// Completions in one batch from which its handlers' sends are batched.
-    public var batchedSendsFrom = getenvString("HERETIC_BATCH_SENDS_FROM").flatMap { Int($0) } ?? 16
+    public var batchedSendsFrom: Int
     /// True while handling a batch of completions large enough to batch sends.
     @usableFromInline var busyTurn = false
     @usableFromInline var arenas: [AnyKernelArena] = []
     /// Arenas for actively opened connections, one per handler type.
     @usableFromInline var connectArenas: [ObjectIdentifier: AnyKernelArena] = [:]
     var listeners: [KernelListenerState] = []
-    /// Connections with data queued and no send in flight (io_uring: submitted at the end of
-    /// the turn, so several sends of one turn go out as one).
-    @usableFromInline var flushList: [UInt32] = []
     /// Connections whose close or abort waits until no callback runs.
     @usableFromInline var finishing: [(slot: UInt32, generation: UInt32, reason: TCPCloseReason)] = []
-    /// epoll: connections with unread data left (paused reads resumed, or a read batch cut short).
-    var readAgain: [UInt32] = []
     var timers: TimerWheel
     // UDP
     @usableFromInline var udpBindings: [KernelUDPBinding] = []
@@ -106,13 +98,11 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     @usableFromInline var spareBuffers: [UnsafeMutableRawPointer] = []
     @usableFromInline static let sendBufferSize = 16_384
     @usableFromInline static let spareLimit = 256
-    var wakeArmed = false
-    var wakeFD: Int32 = -1
     /// Nesting depth of handler callbacks: closes requested inside one wait until it returns.
     @usableFromInline var callbackDepth = 0
 
     // Counters
-    public private(set) var accepted = 0
+    public internal(set) var accepted = 0
     public private(set) var connected = 0
     public private(set) var closedNormally = 0
     public private(set) var failures = 0
@@ -120,16 +110,15 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     /// ENOBUFS, ENOMEM) are also counted apart: the listener then pauses, 10 ms at first,
     /// doubling to 1 s while it goes on failing, and live connections are served meanwhile
     /// (instead of the loop spinning on a listener the kernel keeps reporting ready).
-    public private(set) var acceptErrors = 0
+    public internal(set) var acceptErrors = 0
     public private(set) var acceptResourceErrors = 0
     /// io_uring submissions that found no room (the kernel not taking more) and were retried
     /// on a later turn.
-    public internal(set) var submissionRetries = 0
-    var resubmissions: [Resubmission] = []
+    public var submissionRetries: Int { uring?.submissionRetries ?? 0 }
     /// The most a connection's send queue holds (unless set per connection); a send beyond
     /// it takes what fits and `writable` follows. The queue holds only what the kernel's
     /// socket buffer did not take.
-    public var sendBufferSize = 256 << 10
+    public var sendBufferSize: Int
     /// Sends that took less than asked (the connection's buffer or the process-wide cap).
     public private(set) var sendBufferFull = 0
     @usableFromInline var sendCredit: SendCredit
@@ -141,82 +130,66 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     var capWaiters: [UInt64] = []
     var nextCapCheck: UInt64 = 0
     /// io_uring receive rearms after the buffer ring ran dry.
-    public private(set) var receiveBufferStarvation = 0
+    public internal(set) var receiveBufferStarvation = 0
     public internal(set) var bytesSent = 0
-    public private(set) var bytesReceived = 0
+    public internal(set) var bytesReceived = 0
     /// System calls into io_uring (submissions and waits) or epoll_wait.
-    public var enters: UInt64 { ring.map { heretic_ring_enters($0) } ?? epollWaits }
-    var epollWaits: UInt64 = 0
+    public var enters: UInt64 { uring?.enters ?? epoll?.enters ?? 0 }
 
-    /// Chooses io_uring unless `HERETIC_KERNEL_BACKEND=epoll` asks otherwise, it is disabled
-    /// (`/proc/sys/kernel/io_uring_disabled`), or it cannot be set up here: then epoll.
+    /// Sets the engine up as `configuration` says. With no backend given it chooses io_uring
+    /// unless it is disabled (`/proc/sys/kernel/io_uring_disabled`) or cannot be set up here:
+    /// then epoll. (`KernelConfiguration(environment:)` honours `HERETIC_KERNEL_BACKEND=epoll`.)
     /// io_uring receives land in `receiveBuffers` buffers of `receiveBufferSize` bytes, of
-    /// which the ring holds `receiveBuffersInRing` at first, the most recently used (it
-    /// doubles them each time receives find it dry). Few buffers in the ring keep the memory
-    /// receives are copied into in the cache: measured on this VM (`serve echo` against
-    /// `loadgen`, streaming), 0.14-0.16 us of server CPU per message against 0.17-0.21 when
-    /// every receive took the next of 2,048 buffers in turn.
-    public init(core: Core, backend requested: KernelBackend? = nil, ringEntries: Int = 4096,
-                receiveBuffers: Int = 2048, receiveBufferSize: Int = 65_536,
-                receiveBuffersInRing: Int = 16, sendMemory: SendMemory = .shared) throws(NetError) {
+    /// which the ring holds `receiveBuffersInRing` at first (see `KernelConfiguration`).
+    public init(core: Core, configuration: KernelConfiguration = KernelConfiguration()) throws(NetError) {
         precondition(core.isCurrent, "Heretic: make a KernelNetwork on its own core")
         self.core = core
-        sendCredit = SendCredit(sendMemory)
-        self.receiveBuffers = receiveBuffers
-        self.receiveBufferSize = receiveBufferSize
-        scratch = .allocate(byteCount: Self.scratchSize, alignment: 64)
-        completions = .allocate(capacity: Self.completionBatch)
+        sendCredit = SendCredit(configuration.sendMemory)
+        directSends = configuration.directSends
+        batchedSendsFrom = configuration.batchedSendsFrom
+        sendBufferSize = configuration.sendBufferSize
+        receiveBuffers = configuration.receiveBuffers
+        receiveBufferSize = configuration.receiveBufferSize
         timers = TimerWheel(startTick: core.nowMilliseconds)
 
-        var choice = requested
-        var reason = requested.map { "\($0.rawValue) requested" } ?? ""
-        if choice == nil {
-            if let env = getenvString("HERETIC_KERNEL_BACKEND"), let forced = KernelBackend(rawValue: env) {
-                choice = forced
-                reason = "HERETIC_KERNEL_BACKEND=\(env)"
-            } else if heretic_io_uring_disabled() > 0 {
-                choice = .epoll
-                reason = "io_uring disabled (/proc/sys/kernel/io_uring_disabled = \(heretic_io_uring_disabled()))"
-            }
+        var choice = configuration.backend
+        var reason = configuration.backend.map { configuration.backendSource ?? "\($0.rawValue) requested" } ?? ""
+        if choice == nil && heretic_io_uring_disabled() > 0 {
+            choice = .epoll
+            reason = "io_uring disabled (/proc/sys/kernel/io_uring_disabled = \(heretic_io_uring_disabled()))"
         }
+        var uring: URingBackend?
         if choice != .epoll {
-            var r: OpaquePointer?
-            let flags = heretic_ring_open(&r, UInt32(ringEntries), UInt32(ringEntries * 16))
-            if flags >= 0, let r {
-                let b = heretic_ring_setup_buffers(r, Self.bufferGroup, UInt32(receiveBuffers), UInt32(receiveBufferSize),
-                                                   UInt32(max(1, receiveBuffersInRing)))
-                if b == 0 {
-                    ring = r
-                    ringFlags = UInt32(flags)
-                    if reason.isEmpty { reason = "io_uring available" }
-                } else {
-                    heretic_ring_close(r)
-                    reason = "io_uring has no provided buffer rings here (\(String(cString: heretic_strerror(-b))))"
+            switch URingBackend.open(configuration) {
+            case .success(let u):
+                uring = u
+                if reason.isEmpty { reason = "io_uring available" }
+            case .failure(let error):
+                if case .device(let why) = error { reason = why }
+                if choice == .uring {
+                    timers.release()
+                    throw error
                 }
-            } else {
-                reason = "io_uring cannot be set up (\(String(cString: heretic_strerror(-flags))))"
-            }
-            if ring == nil && choice == .uring {
-                scratch.deallocate()
-                completions.deallocate()
-                timers.release()
-                throw .device(reason)
             }
         }
-        if ring != nil {
+        if let uring {
             backend = .uring
+            self.uring = uring
+            epoll = nil
         } else {
-            let ep = heretic_epoll_create()
-            guard ep >= 0 else {
-                scratch.deallocate()
-                completions.deallocate()
+            switch EpollBackend.open() {
+            case .success(let e):
+                epoll = e
+            case .failure(let error):
                 timers.release()
-                throw .device("epoll_create: \(String(cString: heretic_strerror(-ep)))")
+                throw error
             }
-            epollFD = ep
             backend = .epoll
+            self.uring = nil
         }
         backendReason = reason
+        self.uring?.owner = self
+        epoll?.owner = self
         core.addPoller(self)
     }
 
@@ -231,10 +204,6 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         for fd in senderSockets.values { heretic_close(fd) }
         datagramBuffers?.deallocate()
         datagramInfo?.deallocate()
-        if let ring { heretic_ring_close(ring) }
-        if epollFD >= 0 { heretic_close(epollFD) }
-        scratch.deallocate()
-        completions.deallocate()
         timers.release()
     }
 
@@ -284,13 +253,8 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         for i in listeners.indices where listeners[i].port == port && listeners[i].fd >= 0 {
             let fd = listeners[i].fd
             listeners[i].fd = -1
-            if let ring {
-                // The multishot accept holds the socket open: cancel it (done when the
-                // submission returns), then close.
-                submit(heretic_ring_cancel_fd(ring, fd, KernelOp.cancel.userData(slot: UInt32.max, generation: 0)),
-                       Resubmission(op: .cancel, slot: .max, generation: 0, fd: fd))
-                _ = heretic_ring_enter(ring, -1, 0)
-            }
+            uring?.stopListening(fd: fd)
+            epoll?.stopListening(fd: fd)
             heretic_close(fd)
         }
     }
@@ -317,18 +281,8 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         register(arena)
         let index = UInt32(listeners.count)
         listeners.append(KernelListenerState(fd: fd, port: p, arena: arena))
-        if backend == .uring {
-            armAccept(index)
-        } else {
-            _ = heretic_epoll_ctl(epollFD, 1, fd, HERETIC_EPOLLIN, KernelOp.accept.userData(slot: index, generation: 0))
-        }
+        if let uring { uring.startAccepting(index) } else { epoll?.startAccepting(index) }
         return p
-    }
-
-    func armAccept(_ index: UInt32) {
-        guard let ring, listeners[Int(index)].fd >= 0, !listeners[Int(index)].paused else { return }
-        submit(heretic_ring_accept_multishot(ring, listeners[Int(index)].fd, KernelOp.accept.userData(slot: index, generation: 0)),
-               Resubmission(op: .accept, slot: index, generation: 0, fd: -1))
     }
 
     /// Accepting failed for want of descriptors or memory: stop accepting on the listener
@@ -340,7 +294,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         guard listeners[i].fd >= 0, !listeners[i].paused else { return }
         listeners[i].paused = true
         listeners[i].backoff = min(1000, max(10, listeners[i].backoff * 2))
-        if backend == .epoll { _ = heretic_epoll_ctl(epollFD, 3, listeners[i].fd, 0, 0) }
+        if let uring { uring.pauseAccepting(index) } else { epoll?.pauseAccepting(index) }
         _ = timers.arm(at: core.nowMilliseconds &+ listeners[i].backoff, payload: KernelOp.acceptResume.userData(slot: index, generation: 0))
     }
 
@@ -349,64 +303,16 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         guard listeners[i].paused else { return }
         listeners[i].paused = false
         guard listeners[i].fd >= 0 else { return }
-        if backend == .uring {
-            armAccept(index)
-        } else {
-            _ = heretic_epoll_ctl(epollFD, 1, listeners[i].fd, HERETIC_EPOLLIN, KernelOp.accept.userData(slot: index, generation: 0))
-        }
+        if let uring { uring.startAccepting(index) } else { epoll?.startAccepting(index) }
     }
 
     /// Whether an accept failed for want of descriptors or memory (rather than because of
     /// the one connection).
     static func isResourceError(_ e: Int32) -> Bool { e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM }
 
-    // MARK: Submissions that found the ring full
-
-    /// Notes a submission's result: one the ring had no room for is retried next turn.
-    @inline(__always) func submit(_ rc: Int32, _ retry: Resubmission) {
-        guard rc < 0 else { return }
-        submissionRetries += 1
-        resubmissions.append(retry)
-    }
-
     /// For tests: every `every`-th io_uring submission finds no room (0: none).
     func failSubmissions(every: Int) {
-        if let ring { heretic_ring_fail_submissions(ring, UInt32(every)) }
-    }
-
-    /// Submits again what found the ring full (after a reap has made room).
-    func resubmit() {
-        guard !resubmissions.isEmpty, let ring else { return }
-        let work = resubmissions
-        resubmissions.removeAll()
-        for r in work {
-            let live = Int(r.slot) < slots.count && slots[Int(r.slot)].generation == r.generation
-            switch r.op {
-            case .accept:
-                if Int(r.slot) < listeners.count { armAccept(r.slot) }
-            case .recv:
-                if live { armReceive(r.slot) }
-            case .send:
-                if live { submitSend(r.slot) }
-            case .connect:
-                guard live else { continue }
-                let p = slots.pointer(Int(r.slot))
-                guard !p.pointee.has(.tearingDown) else { release(r.slot); continue }
-                let rc = heretic_ring_connect(ring, p.pointee.fd, p.pointee.remoteAddress, p.pointee.remotePort,
-                                              KernelOp.connect.userData(slot: r.slot, generation: r.generation))
-                if rc >= 0 { p.pointee.set(.connectInFlight) } else { submit(rc, r) }
-            case .cancel:
-                if r.slot == .max {
-                    submit(heretic_ring_cancel_fd(ring, r.fd, KernelOp.cancel.userData(slot: .max, generation: 0)), r)
-                } else if live {
-                    let p = slots.pointer(Int(r.slot))
-                    let rc = heretic_ring_cancel_fd(ring, p.pointee.fd, KernelOp.cancel.userData(slot: r.slot, generation: r.generation))
-                    if rc >= 0 { p.pointee.set(.cancelInFlight) } else { submit(rc, r) }
-                }
-            default:
-                break
-            }
-        }
+        uring?.failSubmissions(every: every)
     }
 
     // MARK: Slots
@@ -460,19 +366,8 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         if let ms = timeoutMilliseconds {
             _ = timers.arm(at: core.nowMilliseconds &+ UInt64(max(1, ms)) &+ 1, payload: KernelOp.connectTimeout.userData(slot: slot, generation: gen))
         }
-        if let ring {
-            let rc = heretic_ring_connect(ring, fd, remote.address.raw, remote.port, KernelOp.connect.userData(slot: slot, generation: gen))
-            if rc >= 0 { slots[Int(slot)].set(.connectInFlight) }
-            submit(rc, Resubmission(op: .connect, slot: slot, generation: gen, fd: fd))
-        } else {
-            let rc = heretic_tcp_connect(fd, remote.address.raw, remote.port)
-            if rc == 0 || rc == -EINPROGRESS {
-                _ = heretic_epoll_ctl(epollFD, 1, fd, HERETIC_EPOLLIN | HERETIC_EPOLLOUT | HERETIC_EPOLLRDHUP | HERETIC_EPOLLET,
-                                      KernelOp.io.userData(slot: slot, generation: gen))
-            } else {
-                finishing.append((slot, gen, Self.reason(forConnectError: -rc)))
-            }
-        }
+        let failed = if let uring { uring.connect(slot) } else { epoll?.connect(slot) }
+        if let failed { finishing.append((slot, gen, failed)) }
         return UInt64(gen) << 32 | UInt64(slot)
     }
 
@@ -573,7 +468,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     /// Whether a send may go to the socket at once: nothing is queued before it, the
     /// connection is established, and (io_uring) the turn is quiet.
     @inline(__always) func mayWriteAtOnce(_ p: UnsafeMutablePointer<KernelSlot>) -> Bool {
-        (ring == nil || (directSends && !busyTurn)) && p.pointee.out.isEmpty && !p.pointee.has(.connecting)
+        (uring == nil || (directSends && !busyTurn)) && p.pointee.out.isEmpty && !p.pointee.has(.connecting)
     }
 
     /// Queues what the connection's buffer, then the memory cap, take of `bytes`; returns how
@@ -602,10 +497,10 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     func queuedMore(_ slot: UInt32) {
         let p = slots.pointer(Int(slot))
         if p.pointee.out.queued >= Self.writableMark(sendLimit(slot)) { p.pointee.set(.wantWritable) }
-        if ring != nil && !p.pointee.out.isEmpty && !p.pointee.has(.flushQueued) && !p.pointee.has(.sendInFlight)
+        if let uring, !p.pointee.out.isEmpty && !p.pointee.has(.flushQueued) && !p.pointee.has(.sendInFlight)
             && !p.pointee.has(.connecting) {
             p.pointee.set(.flushQueued)
-            flushList.append(slot)
+            uring.flushList.append(slot)
         }
     }
 
@@ -616,27 +511,6 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     @usableFromInline func sendLimit(_ slot: UInt32) -> Int {
         let kib = slots[Int(slot)].sendLimitKiB
         return kib == 0 ? sendBufferSize : Int(kib) << 10
-    }
-
-    /// io_uring: submits the pending bytes of `slot` as one send.
-    @usableFromInline func submitSend(_ slot: UInt32) {
-        let p = slots.pointer(Int(slot))
-        p.pointee.clear(.flushQueued)
-        guard let ring, !p.pointee.has(.sendInFlight), !p.pointee.has(.tearingDown), p.pointee.out.promote() else { return }
-        let (base, length) = p.pointee.out.unsent
-        let rc = heretic_ring_send(ring, p.pointee.fd, base, UInt32(length), KernelOp.send.userData(slot: slot, generation: p.pointee.generation))
-        if rc >= 0 { p.pointee.set(.sendInFlight) }
-        submit(rc, Resubmission(op: .send, slot: slot, generation: p.pointee.generation, fd: -1))
-    }
-
-    func flushSends() {
-        guard !flushList.isEmpty else { return }
-        var i = 0
-        while i < flushList.count {
-            if Int(flushList[i]) < slots.count { submitSend(flushList[i]) }
-            i += 1
-        }
-        flushList.removeAll(keepingCapacity: flushList.capacity <= 65_536)
     }
 
     /// The queue drained: FIN if a close waits for it, `writable` if the application was
@@ -719,14 +593,14 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         guard !p.pointee.has(.tearingDown) else { return }
         p.pointee.set(.tearingDown)
         if p.pointee.has(.abortive) && p.pointee.fd >= 0 { _ = heretic_tcp_set_linger_zero(p.pointee.fd) }
-        if let ring, p.pointee.fd >= 0, p.pointee.has(.recvArmed) || p.pointee.has(.sendInFlight) || p.pointee.has(.connectInFlight) {
-            let rc = heretic_ring_cancel_fd(ring, p.pointee.fd, KernelOp.cancel.userData(slot: slot, generation: p.pointee.generation))
-            if rc >= 0 { p.pointee.set(.cancelInFlight) }
-            submit(rc, Resubmission(op: .cancel, slot: slot, generation: p.pointee.generation, fd: -1))
-            return
+        if let uring {
+            if p.pointee.fd >= 0, p.pointee.has(.recvArmed) || p.pointee.has(.sendInFlight) || p.pointee.has(.connectInFlight) {
+                uring.cancel(slot)
+                return
+            }
+            // A connect whose submission still waits for room holds nothing of the kernel's.
+            uring.forgetResubmissions(slot, generation: p.pointee.generation)
         }
-        // A connect whose submission still waits for room holds nothing of the kernel's.
-        resubmissions.removeAll { $0.slot == slot && $0.generation == p.pointee.generation }
         release(slot)
     }
 
@@ -818,11 +692,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
             p.pointee.set(.readPaused)
         } else if p.pointee.has(.readPaused) {
             p.pointee.clear(.readPaused)
-            if ring != nil {
-                armReceive(slot)
-            } else {
-                readAgain.append(slot)
-            }
+            if let uring { uring.resumeReceiving(slot) } else { epoll?.resumeReceiving(slot) }
         }
     }
 
@@ -846,29 +716,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
             if sendCredit.canGrow { wakeCapWaiters() }
         }
         if udpAgain { work += receiveDatagramsAgain() }
-        if let ring {
-            work += reapRing(ring)
-            resubmit()
-            flushSends()
-            if heretic_ring_pending(ring) > 0 || heretic_ring_needs_enter(ring) != 0 {
-                _ = heretic_ring_enter(ring, -1, 0)
-                work += reapRing(ring)
-                flushSends()
-            }
-        } else {
-            if !readAgain.isEmpty {
-                let again = readAgain
-                readAgain.removeAll()
-                for slot in again where Int(slot) < slots.count && slots[Int(slot)].has(.open) {
-                    readSocket(slot)
-                }
-                work += again.count
-                runFinishing()
-            }
-            let n = heretic_epoll_wait(epollFD, completions, Int32(Self.completionBatch), 0)
-            epollWaits &+= 1
-            if n > 0 { dispatchEpoll(Int(n)); work += Int(n) }
-        }
+        if let uring { work += uring.poll() } else if let epoll { work += epoll.poll() }
         return work
     }
 
@@ -891,7 +739,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     /// the earlier of `timeoutNanoseconds` and this engine's next timer passes.
     public func sleep(_ core: Core, wakeFD: Int32, timeoutNanoseconds: Int64) -> Bool {
         defer { trimSlots() }
-        if !readAgain.isEmpty || !flushList.isEmpty || !finishing.isEmpty || !resubmissions.isEmpty || udpAgain { return true }
+        if !finishing.isEmpty || udpAgain || uring?.hasPendingWork == true || epoll?.hasPendingWork == true { return true }
         var timeout = timeoutNanoseconds
         if timers.count > 0, let next = timers.nextEventTick() {
             let now = core.nowMilliseconds
@@ -899,27 +747,10 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
             timeout = timeout < 0 ? own : min(timeout, own)
         }
         if timeout == 0 { return true }
-        if let ring {
-            if !wakeArmed || self.wakeFD != wakeFD {
-                self.wakeFD = wakeFD
-                wakeArmed = true
-                if heretic_ring_poll_multishot(ring, wakeFD, KernelOp.wake.userData(slot: 0, generation: 0)) < 0 {
-                    wakeArmed = false  // no room: tried again next time
-                    submissionRetries += 1
-                    return true
-                }
-            }
-            _ = heretic_ring_enter(ring, timeout, 1)
+        if let uring {
+            uring.sleep(wakeFD: wakeFD, timeoutNanoseconds: timeout)
         } else {
-            if !wakeArmed || self.wakeFD != wakeFD {
-                self.wakeFD = wakeFD
-                wakeArmed = true
-                _ = heretic_epoll_ctl(epollFD, 1, wakeFD, HERETIC_EPOLLIN, KernelOp.wake.userData(slot: 0, generation: 0))
-            }
-            let ms: Int32 = timeout < 0 ? -1 : Int32(clamping: (timeout + 999_999) / 1_000_000)
-            let n = heretic_epoll_wait(epollFD, completions, Int32(Self.completionBatch), ms)
-            epollWaits &+= 1
-            if n > 0 { dispatchEpoll(Int(n)) }
+            epoll?.sleep(wakeFD: wakeFD, timeoutNanoseconds: timeout)
         }
         return true
     }
@@ -964,69 +795,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         callbackDepth -= 1
     }
 
-    // MARK: io_uring completions
-
-    func reapRing(_ ring: OpaquePointer) -> Int {
-        var total = 0
-        while true {
-            let n = Int(heretic_ring_reap(ring, completions, UInt32(Self.completionBatch)))
-            if n == 0 { break }
-            busyTurn = n >= batchedSendsFrom
-            for i in 0..<n { dispatchRing(completions[i]) }
-            busyTurn = false
-            heretic_ring_buffers_publish(ring)
-            total += n
-            runFinishing()
-            if n < Self.completionBatch { break }
-        }
-        return total
-    }
-
-    func dispatchRing(_ c: heretic_completion) {
-        let (op, slot, gen) = KernelOp.decode(c.user_data)
-        let more = c.flags & HERETIC_CQE_F_MORE != 0
-        switch op {
-        case .accept:
-            guard Int(slot) < listeners.count else { return }
-            if c.res >= 0 {
-                listeners[Int(slot)].backoff = 0
-                if !more { armAccept(slot) }
-                accepted(fd: c.res, listener: slot)
-            } else if c.res != -ECANCELED {
-                acceptErrors += 1
-                if Self.isResourceError(-c.res) {
-                    // Out of descriptors or memory: pause (and end the multishot if it goes on).
-                    if more, let ring, listeners[Int(slot)].fd >= 0 {
-                        submit(heretic_ring_cancel_fd(ring, listeners[Int(slot)].fd, KernelOp.cancel.userData(slot: .max, generation: 0)),
-                               Resubmission(op: .cancel, slot: .max, generation: 0, fd: listeners[Int(slot)].fd))
-                    }
-                    pauseAccepting(slot)
-                } else if !more {
-                    armAccept(slot)
-                }
-            }
-        case .recv:
-            received(c, slot: slot, generation: gen, more: more)
-        case .send:
-            sent(c.res, slot: slot, generation: gen)
-        case .connect:
-            guard Int(slot) < slots.count, slots[Int(slot)].generation == gen else { return }
-            slots[Int(slot)].clear(.connectInFlight)
-            connectDone(slot, error: c.res < 0 ? -c.res : 0)
-        case .cancel:
-            guard Int(slot) < slots.count, slots[Int(slot)].generation == gen else { return }
-            slots[Int(slot)].clear(.cancelInFlight)
-            release(slot)
-        case .wake:
-            heretic_eventfd_drain(wakeFD)
-            if !more { wakeArmed = false }
-        case .udp:
-            if !more { udpPollEnded(slot) }
-            receiveDatagrams(slot)
-        case .io, .connectTimeout, .idleTimeout, .acceptResume, .userTimer:
-            break
-        }
-    }
+    // MARK: Connections the backends report
 
     func accepted(fd: Int32, listener: UInt32) {
         accepted += 1
@@ -1039,10 +808,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         p.pointee.remotePort = port
         p.pointee.localPort = listeners[Int(listener)].port
         p.pointee.set(.open)
-        if backend == .epoll {
-            _ = heretic_epoll_ctl(epollFD, 1, fd, HERETIC_EPOLLIN | HERETIC_EPOLLOUT | HERETIC_EPOLLRDHUP | HERETIC_EPOLLET,
-                                  KernelOp.io.userData(slot: slot, generation: p.pointee.generation))
-        }
+        epoll?.watch(fd, slot: slot, generation: p.pointee.generation)
         established(slot)
     }
 
@@ -1050,56 +816,7 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
     func established(_ slot: UInt32) {
         callback(slot) { a, h, c in a.connected(h, c) }
         guard slots[Int(slot)].has(.open) else { return }
-        if ring != nil {
-            armReceive(slot)
-            if !slots[Int(slot)].out.isEmpty && !slots[Int(slot)].has(.flushQueued) {
-                slots[Int(slot)].set(.flushQueued)
-                flushList.append(slot)
-            }
-        } else {
-            readSocket(slot)  // data may have come with the handshake (edge already passed)
-            if !slots[Int(slot)].out.isEmpty { writePending(slot) }
-        }
-    }
-
-    func armReceive(_ slot: UInt32) {
-        let p = slots.pointer(Int(slot))
-        guard let ring, !p.pointee.has(.recvArmed), !p.pointee.has(.peerFinished), !p.pointee.has(.readPaused),
-              !p.pointee.has(.tearingDown), p.pointee.has(.open) else { return }
-        // Multishot unless the application limits what it takes (a `TCPSocket`): then one
-        // buffer at a time, so no more than the window plus one buffer is ever delivered.
-        let rc = heretic_ring_recv(ring, p.pointee.fd, Self.bufferGroup, p.pointee.has(.windowed) ? 0 : 1,
-                                   KernelOp.recv.userData(slot: slot, generation: p.pointee.generation))
-        if rc >= 0 { p.pointee.set(.recvArmed) }
-        submit(rc, Resubmission(op: .recv, slot: slot, generation: p.pointee.generation, fd: -1))
-    }
-
-    func received(_ c: heretic_completion, slot: UInt32, generation: UInt32, more: Bool) {
-        let buffer: UInt16? = c.flags & HERETIC_CQE_F_BUFFER != 0 ? UInt16(truncatingIfNeeded: c.flags >> HERETIC_CQE_BUFFER_SHIFT) : nil
-        defer { if let buffer, let ring { heretic_ring_buffer_done(ring, buffer, c.res, c.flags) } }
-        guard Int(slot) < slots.count, slots[Int(slot)].generation == generation else { return }
-        let p = slots.pointer(Int(slot))
-        if !more { p.pointee.clear(.recvArmed) }
-        if c.res > 0, let buffer, let ring {
-            bytesReceived &+= Int(c.res)
-            if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
-            if p.pointee.has(.open) && !p.pointee.has(.peerFinished) {
-                let data = UnsafeRawBufferPointer(start: heretic_ring_buffer_data(ring, buffer), count: Int(c.res))
-                callback(slot) { a, h, conn in a.received(h, data, conn) }
-            }
-        } else if c.res == 0 {
-            peerFinished(slot)
-        } else if c.res == -ENOBUFS {
-            receiveBufferStarvation += 1
-            if let ring { heretic_ring_buffers_starved(ring) }
-        } else if c.res != -ECANCELED {
-            finish(slot, Self.reason(forError: -c.res))
-        }
-        if p.pointee.has(.tearingDown) {
-            release(slot)
-        } else if !p.pointee.has(.recvArmed) {
-            armReceive(slot)
-        }
+        if let uring { uring.established(slot) } else { epoll?.established(slot) }
     }
 
     func peerFinished(_ slot: UInt32) {
@@ -1108,29 +825,6 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         p.pointee.set(.peerFinished)
         callback(slot) { a, h, c in a.peerClosed(h, c) }
         if p.pointee.has(.finSent) && p.pointee.has(.open) { finishSoon(slot, .normal) }
-    }
-
-    func sent(_ res: Int32, slot: UInt32, generation: UInt32) {
-        guard Int(slot) < slots.count, slots[Int(slot)].generation == generation else { return }
-        let p = slots.pointer(Int(slot))
-        p.pointee.clear(.sendInFlight)
-        if p.pointee.has(.tearingDown) {
-            release(slot)
-            return
-        }
-        guard res > 0 else {
-            finish(slot, res == 0 || res == -ECANCELED ? .reset : Self.reason(forError: -res))
-            return
-        }
-        if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
-        if p.pointee.out.consume(Int(res), spare: &spareBuffers, credit: &sendCredit) {
-            // Part went out (the socket's buffer filled): send the rest.
-            submitSend(slot)
-        } else if !p.pointee.out.isEmpty {
-            submitSend(slot)
-        } else {
-            drained(slot)
-        }
     }
 
     func connectDone(_ slot: UInt32, error: Int32) {
@@ -1152,109 +846,6 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         established(slot)
     }
 
-    // MARK: epoll events
-
-    func dispatchEpoll(_ n: Int) {
-        for i in 0..<n {
-            let c = completions[i]
-            let (op, slot, gen) = KernelOp.decode(c.user_data)
-            let events = UInt32(bitPattern: c.res)
-            switch op {
-            case .accept:
-                acceptAll(slot)
-            case .wake:
-                heretic_eventfd_drain(wakeFD)
-            case .udp:
-                receiveDatagrams(slot)
-            case .io:
-                guard Int(slot) < slots.count, slots[Int(slot)].generation == gen, slots[Int(slot)].has(.open) else { continue }
-                if slots[Int(slot)].has(.connecting) {
-                    guard events & (HERETIC_EPOLLOUT | HERETIC_EPOLLERR | HERETIC_EPOLLHUP) != 0 else { continue }
-                    connectDone(slot, error: heretic_socket_error(slots[Int(slot)].fd))
-                    continue
-                }
-                if events & HERETIC_EPOLLOUT != 0 && !slots[Int(slot)].out.isEmpty { writePending(slot) }
-                if events & (HERETIC_EPOLLRDHUP | HERETIC_EPOLLHUP | HERETIC_EPOLLERR) != 0 { slots[Int(slot)].set(.hangup) }
-                if events & (HERETIC_EPOLLIN | HERETIC_EPOLLRDHUP | HERETIC_EPOLLHUP | HERETIC_EPOLLERR) != 0 {
-                    readSocket(slot)
-                }
-            default:
-                break
-            }
-            runFinishing()
-        }
-    }
-
-    func acceptAll(_ listener: UInt32) {
-        let fd = listeners[Int(listener)].fd
-        guard fd >= 0 else { return }
-        for _ in 0..<256 {
-            let c = heretic_tcp_accept(fd)
-            if c >= 0 {
-                listeners[Int(listener)].backoff = 0
-                accepted(fd: c, listener: listener)
-                runFinishing()
-                continue
-            }
-            if c != -EAGAIN {
-                acceptErrors += 1
-                if Self.isResourceError(-c) {
-                    pauseAccepting(listener)
-                    return
-                }
-                continue  // that connection's own failure (ECONNABORTED, ...): the next may do
-            }
-            return
-        }
-        // More wait: edge-triggered is off for listeners, so the next wait reports them.
-    }
-
-    /// Reads what the socket holds (edge-triggered: until it is empty, or a batch limit).
-    func readSocket(_ slot: UInt32) {
-        let p = slots.pointer(Int(slot))
-        var reads = 0
-        while p.pointee.has(.open) && !p.pointee.has(.readPaused) && !p.pointee.has(.peerFinished) {
-            if reads == 16 {
-                readAgain.append(slot)  // fairness: the rest next turn
-                return
-            }
-            reads += 1
-            let want = p.pointee.has(.windowed) ? min(Self.scratchSize, Int(p.pointee.window)) : Self.scratchSize
-            let n = heretic_sock_recv(p.pointee.fd, scratch, want)
-            if n > 0 {
-                bytesReceived &+= n
-                if p.pointee.idleSeconds > 0 { p.pointee.lastActive = UInt32(truncatingIfNeeded: core.nowMilliseconds) }
-                let data = UnsafeRawBufferPointer(start: scratch, count: n)
-                callback(slot) { a, h, c in a.received(h, data, c) }
-                // A short read drained the socket and a later arrival is a new edge; but an
-                // edge seen while reading was paused, or a hang-up, is not repeated.
-                if n < want && !p.pointee.has(.windowed) && !p.pointee.has(.hangup) { return }
-            } else if n == 0 {
-                peerFinished(slot)
-                return
-            } else {
-                if n != -Int(EAGAIN) { finishSoon(slot, Self.reason(forError: Int32(-n))) }
-                return
-            }
-        }
-    }
-
-    func writePending(_ slot: UInt32) {
-        let p = slots.pointer(Int(slot))
-        while !p.pointee.out.isEmpty {
-            _ = p.pointee.out.promote()
-            let (base, length) = p.pointee.out.unsent
-            let w = heretic_sock_send(p.pointee.fd, base, length)
-            if w > 0 {
-                _ = p.pointee.out.consume(w, spare: &spareBuffers, credit: &sendCredit)
-                continue
-            }
-            if w != -Int(EAGAIN) { finishSoon(slot, Self.reason(forError: Int32(-w))) }
-            return
-        }
-        drained(slot)
-    }
-
     // MARK: Errors
 
     /// The user-space stack's words for what the kernel reports on an open connection.
@@ -1272,205 +863,6 @@ public final class KernelNetwork: CorePoller, ConnectionEngine {
         case ETIMEDOUT, ECANCELED: .timedOut
         case ECONNRESET: .reset
         default: .refused  // ECONNREFUSED, ENETUNREACH, EHOSTUNREACH, EADDRNOTAVAIL, ...
-        }
-    }
-}
-
-func getenvString(_ name: String) -> String? {
-    guard let v = getenv(name) else { return nil }
-    return String(cString: v)
-}
-
-struct KernelListenerState {
-    var fd: Int32
-    let port: UInt16
-    let arena: AnyKernelArena
-    /// Accepting paused after running out of descriptors or memory, and for how long (ms).
-    var paused = false
-    var backoff: UInt64 = 0
-
-    init(fd: Int32, port: UInt16, arena: AnyKernelArena) {
-        self.fd = fd
-        self.port = port
-        self.arena = arena
-    }
-}
-
-/// A submission the ring had no room for, retried on a later turn.
-struct Resubmission {
-    let op: KernelOp
-    let slot: UInt32
-    let generation: UInt32
-    /// For a listener's cancel: its descriptor (already gone from the listener table).
-    let fd: Int32
-}
-
-/// What a completion (or timer) is about, in the top byte of its 64-bit tag; the slot is the
-/// low 32 bits and the slot's generation the 24 between (so a late completion of a reused
-/// slot is recognised).
-@usableFromInline enum KernelOp: UInt8 {
-    case accept = 1, recv, send, connect, cancel, wake, io, connectTimeout, idleTimeout, acceptResume, userTimer, udp
-
-    @inlinable func userData(slot: UInt32, generation: UInt32) -> UInt64 {
-        UInt64(rawValue) << 56 | UInt64(generation & 0xFF_FFFF) << 32 | UInt64(slot)
-    }
-
-    @inlinable static func decode(_ v: UInt64) -> (KernelOp, UInt32, UInt32) {
-        (KernelOp(rawValue: UInt8(v >> 56)) ?? .io, UInt32(truncatingIfNeeded: v), UInt32(truncatingIfNeeded: v >> 32) & 0xFF_FFFF)
-    }
-}
-
-/// One connection's engine state: 80 bytes, buffers only while data waits to go out.
-@usableFromInline struct KernelSlot {
-    @usableFromInline struct Flags: OptionSet, Sendable {
-        @usableFromInline let rawValue: UInt32
-        @inlinable init(rawValue: UInt32) { self.rawValue = rawValue }
-        @usableFromInline static let open = Flags(rawValue: 1 << 0)
-        @usableFromInline static let connecting = Flags(rawValue: 1 << 1)
-        @usableFromInline static let recvArmed = Flags(rawValue: 1 << 2)
-        @usableFromInline static let sendInFlight = Flags(rawValue: 1 << 3)
-        @usableFromInline static let connectInFlight = Flags(rawValue: 1 << 4)
-        @usableFromInline static let cancelInFlight = Flags(rawValue: 1 << 5)
-        @usableFromInline static let closeRequested = Flags(rawValue: 1 << 6)
-        @usableFromInline static let finSent = Flags(rawValue: 1 << 7)
-        @usableFromInline static let peerFinished = Flags(rawValue: 1 << 8)
-        @usableFromInline static let tearingDown = Flags(rawValue: 1 << 9)
-        @usableFromInline static let abortive = Flags(rawValue: 1 << 10)
-        @usableFromInline static let readPaused = Flags(rawValue: 1 << 11)
-        @usableFromInline static let flushQueued = Flags(rawValue: 1 << 12)
-        @usableFromInline static let wantWritable = Flags(rawValue: 1 << 13)
-        @usableFromInline static let idleTimerArmed = Flags(rawValue: 1 << 14)
-        @usableFromInline static let released = Flags(rawValue: 1 << 15)
-        /// The application sets the receive window (reads are limited to it).
-        @usableFromInline static let windowed = Flags(rawValue: 1 << 16)
-        /// epoll reported the peer's FIN or an error: read to the end, not to a short read.
-        @usableFromInline static let hangup = Flags(rawValue: 1 << 17)
-        /// A send was refused by the process-wide cap: waits in `capWaiters`.
-        @usableFromInline static let capWaiting = Flags(rawValue: 1 << 18)
-    }
-
-    @usableFromInline var out = KernelSendQueue()
-    @usableFromInline var fd: Int32 = -1
-    @usableFromInline var generation: UInt32 = 0
-    @usableFromInline var flags: UInt32 = 0
-    @usableFromInline var handler: UInt32 = 0
-    @usableFromInline var remoteAddress: UInt32 = 0
-    @usableFromInline var lastActive: UInt32 = 0
-    /// What the application can take (with `windowed`).
-    @usableFromInline var window: UInt32 = 0
-    @usableFromInline var remotePort: UInt16 = 0
-    @usableFromInline var localPort: UInt16 = 0
-    @usableFromInline var idleSeconds: UInt16 = 0
-    /// The connection's own send buffer size in KiB (0: the engine's default).
-    @usableFromInline var sendLimitKiB: UInt16 = 0
-    @usableFromInline var arena: UInt8 = 0
-    @inlinable init() {}
-
-    @inlinable func has(_ f: Flags) -> Bool { flags & f.rawValue == f.rawValue }
-    @inlinable mutating func set(_ f: Flags) { flags |= f.rawValue }
-    @inlinable mutating func clear(_ f: Flags) { flags &= ~f.rawValue }
-}
-
-/// Bytes waiting to go out: `sending` is what the kernel has (or is being written), `pending`
-/// what was queued since. Two buffers, because the one under a send in flight must not move.
-@usableFromInline struct KernelSendQueue {
-    @usableFromInline var sending: UnsafeMutableRawPointer?
-    @usableFromInline var pending: UnsafeMutableRawPointer?
-    @usableFromInline var sendingLength: UInt32 = 0
-    @usableFromInline var sendingDone: UInt32 = 0
-    @usableFromInline var pendingLength: UInt32 = 0
-    @usableFromInline var pendingCapacity: UInt32 = 0
-    @usableFromInline var sendingCapacity: UInt32 = 0
-    @inlinable init() {}
-
-    @inlinable var queued: Int { Int(sendingLength - sendingDone) + Int(pendingLength) }
-
-    /// Bytes `append` of `n` more would allocate (what to charge to the memory cap first):
-    /// a buffer of the usual size (none if a spare one is there), or the growth of `pending`.
-    @inlinable func growth(appending n: Int, spareAvailable: Bool) -> Int {
-        let need = Int(pendingLength) + n
-        if pending == nil {
-            return need <= KernelNetwork.sendBufferSize && spareAvailable ? 0 : max(KernelNetwork.sendBufferSize, need)
-        }
-        return need <= Int(pendingCapacity) ? 0 : max(need, Int(pendingCapacity) * 2) - Int(pendingCapacity)
-    }
-
-    /// Bytes `pending` takes without growing.
-    @inlinable var roomWithoutGrowth: Int { pending == nil ? 0 : Int(pendingCapacity - pendingLength) }
-    @inlinable var isEmpty: Bool { sendingLength == sendingDone && pendingLength == 0 }
-
-    @inlinable mutating func append(_ bytes: UnsafeRawBufferPointer, spare: inout [UnsafeMutableRawPointer]) {
-        let n = bytes.count
-        guard n > 0 else { return }
-        let need = Int(pendingLength) + n
-        if pending == nil {
-            if need <= KernelNetwork.sendBufferSize, let b = spare.popLast() {
-                pending = b
-                pendingCapacity = UInt32(KernelNetwork.sendBufferSize)
-            } else {
-                let cap = max(KernelNetwork.sendBufferSize, need)
-                pending = .allocate(byteCount: cap, alignment: 16)
-                pendingCapacity = UInt32(cap)
-            }
-        } else if need > Int(pendingCapacity) {
-            let cap = max(need, Int(pendingCapacity) * 2)
-            let bigger = UnsafeMutableRawPointer.allocate(byteCount: cap, alignment: 16)
-            bigger.copyMemory(from: pending!, byteCount: Int(pendingLength))
-            pending!.deallocate()
-            pending = bigger
-            pendingCapacity = UInt32(cap)
-        }
-        (pending! + Int(pendingLength)).copyMemory(from: bytes.baseAddress!, byteCount: n)
-        pendingLength = UInt32(need)
-    }
-
-    /// Makes the pending bytes the ones to send when nothing is being sent; false when there
-    /// is nothing to send.
-    @inlinable mutating func promote() -> Bool {
-        if sendingDone < sendingLength { return true }
-        guard pendingLength > 0 else { return false }
-        swap(&sending, &pending)
-        swap(&sendingCapacity, &pendingCapacity)
-        sendingLength = pendingLength
-        sendingDone = 0
-        pendingLength = 0
-        return true
-    }
-
-    @inlinable var unsent: (UnsafeMutableRawPointer, Int) {
-        (sending! + Int(sendingDone), Int(sendingLength - sendingDone))
-    }
-
-    /// `n` bytes of `sending` went out. Returns true if some of it remains.
-    @inlinable mutating func consume(_ n: Int, spare: inout [UnsafeMutableRawPointer], credit: inout SendCredit) -> Bool {
-        sendingDone += UInt32(n)
-        if sendingDone < sendingLength { return true }
-        sendingDone = 0
-        sendingLength = 0
-        if let b = sending {
-            Self.discard(b, capacity: sendingCapacity, spare: &spare, credit: &credit)
-            sending = nil
-            sendingCapacity = 0
-        }
-        return false
-    }
-
-    /// Frees both buffers (those of the usual size to `spare`, up to its limit).
-    mutating func release(spare: inout [UnsafeMutableRawPointer], credit: inout SendCredit) {
-        if let b = sending { Self.discard(b, capacity: sendingCapacity, spare: &spare, credit: &credit) }
-        if let b = pending { Self.discard(b, capacity: pendingCapacity, spare: &spare, credit: &credit) }
-        self = KernelSendQueue()
-    }
-
-    /// A buffer no queue holds: kept as a spare (still charged to the cap) if it is of the
-    /// usual size and there is room, else freed and its memory given back to the cap.
-    @inlinable static func discard(_ b: UnsafeMutableRawPointer, capacity: UInt32, spare: inout [UnsafeMutableRawPointer],
-                                   credit: inout SendCredit) {
-        if capacity == UInt32(KernelNetwork.sendBufferSize) && spare.count < KernelNetwork.spareLimit {
-            spare.append(b)
-        } else {
-            b.deallocate()
-            credit.refund(Int(capacity))
         }
     }
 }

@@ -96,48 +96,16 @@ extension KernelNetwork {
         }
         let index = UInt32(udpBindings.count)
         udpBindings.append(binding)
-        if ring != nil {
-            armUDPPoll(index)
-        } else {
-            _ = heretic_epoll_ctl(epollFD, 1, binding.fd, HERETIC_EPOLLIN | HERETIC_EPOLLET,
-                                  KernelOp.udp.userData(slot: index, generation: 0))
-        }
+        if let uring { uring.addUDP(index) } else { epoll?.addUDP(index) }
         // Datagrams may have arrived between bind and registration.
         binding.again = true
         udpAgain = true
     }
 
-    func armUDPPoll(_ index: UInt32) {
-        guard let ring, Int(index) < udpBindings.count, udpBindings[Int(index)].fd >= 0 else { return }
-        let b = udpBindings[Int(index)]
-        guard !b.pollArmed else { return }
-        let rc = heretic_ring_poll_multishot(ring, b.fd, KernelOp.udp.userData(slot: index, generation: 0))
-        if rc >= 0 {
-            b.pollArmed = true
-        } else {
-            // No room in the ring now: read on the next turn, and arm then.
-            submissionRetries += 1
-            b.again = true
-            udpAgain = true
-        }
-    }
-
-    /// io_uring: the multishot poll ended (the kernel ends them now and then): arm another.
-    func udpPollEnded(_ index: UInt32) {
-        guard Int(index) < udpBindings.count else { return }
-        udpBindings[Int(index)].pollArmed = false
-        armUDPPoll(index)
-    }
-
     /// Stops receiving on `port` and closes its socket.
     public func unbindUDP(port: UInt16) {
         for b in udpBindings where b.port == port && b.fd >= 0 {
-            if let ring {
-                _ = heretic_ring_cancel_fd(ring, b.fd, KernelOp.cancel.userData(slot: .max, generation: 0))
-                _ = heretic_ring_enter(ring, -1, 0)
-            } else {
-                _ = heretic_epoll_ctl(epollFD, 3, b.fd, 0, 0)
-            }
+            if let uring { uring.removeUDP(fd: b.fd) } else { epoll?.removeUDP(fd: b.fd) }
             heretic_close(b.fd)
             b.fd = -1
             b.port = 0
@@ -204,7 +172,7 @@ extension KernelNetwork {
         var work = 0
         for i in udpBindings.indices where udpBindings[i].again {
             receiveDatagrams(UInt32(i))
-            if udpBindings[i].fd >= 0 && !udpBindings[i].pollArmed && ring != nil { armUDPPoll(UInt32(i)) }
+            if let uring, udpBindings[i].fd >= 0 && !udpBindings[i].pollArmed { uring.armUDPPoll(UInt32(i)) }
             work += 1
         }
         return work

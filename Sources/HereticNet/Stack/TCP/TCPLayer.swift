@@ -43,11 +43,11 @@ public final class TCPLayer: ConnectionEngine {
     public private(set) var malformedOptions = 0
     /// Connections in TIME-WAIT now, the most there may be, and those closed at once because
     /// the table was full.
-    public private(set) var timeWaitCount = 0
+    public internal(set) var timeWaitCount = 0
     public var timeWaitLimit = 16_384
-    public private(set) var timeWaitOverflows = 0
+    public internal(set) var timeWaitOverflows = 0
     /// Connections that have entered TIME-WAIT since the layer began.
-    public private(set) var timeWaitEntered = 0
+    public internal(set) var timeWaitEntered = 0
     /// SYNs dropped because their listener's backlog of half-open connections was full (and
     /// SYN cookies were off).
     public private(set) var synBacklogDrops = 0
@@ -64,7 +64,7 @@ public final class TCPLayer: ConnectionEngine {
     /// Connections owing a delayed ACK, oldest first, with when it is due.
     @usableFromInline @exclusivity(unchecked) var delayedAcks: [(ref: UInt64, due: UInt32)] = []
     @usableFromInline @exclusivity(unchecked) var delayedHead = 0
-    public private(set) var delayedAcksSent = 0
+    public internal(set) var delayedAcksSent = 0
     /// Segments sent again (timeouts, fast retransmits and partial ACKs).
     public var retransmissions: Int { retransmitCount }
     /// RFC 5961 challenge ACKs sent (answers to in-window RSTs and SYNs not at RCV.NXT, and
@@ -91,7 +91,7 @@ public final class TCPLayer: ConnectionEngine {
     @usableFromInline @exclusivity(unchecked) var retransmitCount = 0
     @usableFromInline @exclusivity(unchecked) var probeCount = 0
     /// TIME-WAIT connections given up to let a new outgoing connection use their port.
-    public private(set) var timeWaitRecycled = 0
+    public internal(set) var timeWaitRecycled = 0
     /// Connections refused because an arena had no slot left (2^28 per handler type).
     @usableFromInline @exclusivity(unchecked) var arenaFullDrops = 0
     /// ICMP "fragmentation needed" that lowered a connection's MSS, and ICMP errors ignored
@@ -242,15 +242,6 @@ public final class TCPLayer: ConnectionEngine {
     /// they come and go; the two agree unless the bookkeeping is wrong).
     public var timeWaitSlots: Int { arenas.reduce(0) { $0 + $1.timeWaitSlots() } }
 
-    @usableFromInline func enterTimeWait() -> Bool {
-        guard timeWaitCount < timeWaitLimit else { timeWaitOverflows += 1; return false }
-        timeWaitCount += 1
-        timeWaitEntered += 1
-        return true
-    }
-
-    @usableFromInline func leaveTimeWait() { timeWaitCount -= 1 }
-
     /// Whether a challenge ACK may go out now (RFC 5961 section 7's rate limit).
     @usableFromInline func mayChallenge() -> Bool {
         let second = now / 1000
@@ -288,51 +279,9 @@ public final class TCPLayer: ConnectionEngine {
         }
     }
 
-    @usableFromInline static let ephemeralRange = 49_152...UInt16.max
     /// A send queue that drains below this many bytes (or half its limit, if smaller) makes
     /// a held-back handler `writable`.
     public static let writableThreshold = 65_536
-
-    /// A local port for a connection to `remote`, by RFC 6056's double-hash algorithm: each
-    /// destination starts at its own keyed offset, so ports are neither predictable nor shared
-    /// in sequence across destinations. If every port is taken, one whose connection waits in
-    /// TIME-WAIT is recycled; nil when all are live connections.
-    @usableFromInline func ephemeralPort(for remote: TCPEndpoint) -> UInt16? {
-        var h = Hasher()
-        h.combine(secret)
-        h.combine(remote.address.raw)
-        h.combine(remote.port)
-        let hash = UInt64(bitPattern: Int64(h.finalize()))
-        let count = Self.ephemeralRange.count
-        let offset = Int(hash % UInt64(count)), bucket = Int(hash >> 56)
-        var recyclable: UInt16?
-        for _ in 0..<count {
-            let port = UInt16(Int(Self.ephemeralRange.lowerBound) + (offset + Int(portBuckets[bucket])) % count)
-            portBuckets[bucket] &+= 1
-            if listeners[port] == nil {
-                guard let ref = table[Self.key(remote, port)] else { return port }
-                if recyclable == nil && arena(ref).isTimeWait(ConnectionRef.slot(ref)) { recyclable = port }
-            }
-        }
-        guard let reuse = recyclable, let ref = table[Self.key(remote, reuse)] else { return nil }
-        timeWaitRecycled += 1
-        _ = arena(ref).yieldTimeWait(ConnectionRef.slot(ref), nil)
-        return reuse
-    }
-
-    @usableFromInline static func key(_ remote: TCPEndpoint, _ localPort: UInt16) -> UInt64 {
-        UInt64(remote.address.raw) << 32 | UInt64(remote.port) << 16 | UInt64(localPort)
-    }
-
-    @usableFromInline func register(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
-        table[Self.key(remote, localPort)] = ref
-    }
-
-    @usableFromInline func unregister(_ ref: UInt64, remote: TCPEndpoint, localPort: UInt16) {
-        let k = Self.key(remote, localPort)
-        if table[k] == ref { table[k] = nil }
-        reassembly.remove(ref)
-    }
 
     // MARK: Send buffers
 
@@ -557,38 +506,6 @@ public final class TCPLayer: ConnectionEngine {
         if let update { emit(update, ref: ref, payload: nil) }
     }
 
-    /// Marks the connection as owing an ACK, sent when due unless a segment carries it first.
-    @usableFromInline func delayAck(_ ref: UInt64) {
-        arena(ref).queues[Int(ConnectionRef.slot(ref))].ackOwed = true
-        delayedAcks.append((ref, clock &+ delayedAckMilliseconds))
-    }
-
-    /// Sends the delayed ACKs that are due (their connections sent nothing to carry them).
-    func flushDelayedAcks() {
-        while delayedHead < delayedAcks.count {
-            let (ref, due) = delayedAcks[delayedHead]
-            guard Int32(bitPattern: clock &- due) >= 0 else { break }
-            delayedHead += 1
-            // Carried already, or the connection is gone (its slot maybe trimmed or reused).
-            guard isLive(ref) else { continue }
-            let a = arena(ref), slot = ConnectionRef.slot(ref)
-            guard a.queues[Int(slot)].ackOwed else { continue }
-            var ack: TCPSegmentInfo?
-            a.run(slot) { ack = $0.ackSegment(now: clock) }
-            if let ack {
-                delayedAcksSent += 1
-                emit(ack, ref: ref, payload: nil)
-            }
-        }
-        if delayedHead == delayedAcks.count {
-            delayedAcks.removeAll(keepingCapacity: delayedAcks.capacity <= 65_536)
-            delayedHead = 0
-        } else if delayedHead > 4096 && delayedHead * 2 > delayedAcks.count {
-            delayedAcks.removeFirst(delayedHead)
-            delayedHead = 0
-        }
-    }
-
     public func canSend(_ ref: UInt64) -> Bool {
         guard isLive(ref) else { return false }
         let a = arena(ref), slot = ConnectionRef.slot(ref)
@@ -740,62 +657,5 @@ public final class TCPLayer: ConnectionEngine {
             segmentsSent += 1
             interface.sendIPv4(p, to: remote.address, protocol: IPProtocol.tcp)
         }
-    }
-
-    /// Brings the clock up to the polling core's (when a call comes between polls, after the
-    /// core slept or handled messages first): deadlines set now are measured from now.
-    @usableFromInline func refreshClock() {
-        guard let core = interface.core, core.isCurrent, let epoch else { return }
-        let fresh = core.nowMilliseconds
-        guard fresh > now else { return }
-        now = fresh
-        clock = UInt32(truncatingIfNeeded: fresh &- epoch)
-    }
-
-    /// Advances the timers to `now` (milliseconds) and runs what expired.
-    func tick(now: UInt64) {
-        self.now = max(self.now, now)
-        if epoch == nil { epoch = now }
-        clock = UInt32(truncatingIfNeeded: self.now &- epoch!)
-        if !nextTick.isEmpty {
-            let work = nextTick
-            nextTick.removeAll()
-            callbackDepth += 1
-            for w in work { w() }
-            callbackDepth -= 1
-            runDeferred()
-        }
-        if delayedHead < delayedAcks.count { flushDelayedAcks() }
-        if !capWaiters.isEmpty { wakeCapWaiters() }
-        if !trimWanted.isEmpty {
-            var released = false
-            for a in trimWanted { released = a.trim() || released }
-            trimWanted.removeAll()
-            // Chunks of slots went back to the heap: hand free heap pages to the kernel too
-            // (at most once a second; glibc keeps freed memory otherwise).
-            if released && now &- lastHeapTrim >= 1000 {
-                lastHeapTrim = now
-                heretic_heap_trim()
-            }
-        }
-        if userTimers.count > 0 {
-            userTimers.advance(to: now, into: &expired)
-            if !expired.isEmpty {
-                callbackDepth += 1
-                for ref in expired {
-                    userTimerHandles[ref] = nil
-                    if holds(ref) { arena(ref).userTimerFired(ref) }
-                }
-                callbackDepth -= 1
-                expired.removeAll(keepingCapacity: true)
-                runDeferred()
-            }
-        }
-        guard timers.count > 0 else { return }
-        timers.advance(to: now, into: &expired)
-        guard !expired.isEmpty else { return }  // most turns: nothing due
-        for ref in expired where holds(ref) { arena(ref).timerFired(ref) }
-        expired.removeAll(keepingCapacity: true)
-        runDeferred()
     }
 }
