@@ -83,7 +83,7 @@ static int sys_register(int fd, unsigned op, void *arg, unsigned n) {
     return (int)syscall(__NR_io_uring_register, fd, op, arg, n);
 }
 
-int heretic_ring_open(heretic_ring **out, unsigned entries, unsigned cq_entries) {
+int heretic_ring_open(heretic_ring **out, unsigned entries, unsigned cq_entries, unsigned first_mode) {
     // The flags that fit one issuing thread that polls its own completions, dropped one by
     // one on kernels that refuse them.
     const unsigned wanted[] = {
@@ -95,9 +95,8 @@ int heretic_ring_open(heretic_ring **out, unsigned entries, unsigned cq_entries)
     struct io_uring_params p;
     int fd = -EINVAL;
     unsigned used = 0;
-    // HERETIC_URING_SETUP=1..3 starts from a later entry (to compare modes by measurement).
-    const char *start = getenv("HERETIC_URING_SETUP");
-    size_t first = start ? (size_t)(start[0] - '0') : 0;
+    // first_mode 1..3 starts from a later entry (to compare modes by measurement).
+    size_t first = first_mode;
     if (first >= sizeof wanted / sizeof wanted[0]) first = 0;
     for (size_t i = first; i < sizeof wanted / sizeof wanted[0]; i++) {
         memset(&p, 0, sizeof p);

@@ -518,3 +518,24 @@ func echoes(_ fd: Int32, _ text: String) -> Bool {
     }
     return back == bytes
 }
+
+@Suite("Kernel engine configuration")
+struct KernelConfigurationTests {
+    @Test("the environment is read only where asked, and only what it says well")
+    func environment() {
+        let plain = KernelConfiguration()
+        #expect(plain.backend == nil && plain.directSends && plain.batchedSendsFrom == 16 && plain.uringSetupMode == 0)
+        let env = KernelConfiguration(environment: ["HERETIC_KERNEL_BACKEND": "epoll", "HERETIC_BATCHED_SENDS": "1",
+                                                    "HERETIC_BATCH_SENDS_FROM": "4", "HERETIC_URING_SETUP": "2"])
+        #expect(env.backend == .epoll && env.backendSource == "HERETIC_KERNEL_BACKEND=epoll")
+        #expect(!env.directSends && env.batchedSendsFrom == 4 && env.uringSetupMode == 2)
+        // Values that mean nothing are ignored, not trusted.
+        let bad = KernelConfiguration(environment: ["HERETIC_KERNEL_BACKEND": "kqueue", "HERETIC_BATCH_SENDS_FROM": "x",
+                                                    "HERETIC_URING_SETUP": "9"])
+        #expect(bad.backend == nil && bad.batchedSendsFrom == 16 && bad.uringSetupMode == 0)
+        // A command-line choice overrides the environment's and says so.
+        let chosen = env.requesting(.uring)
+        #expect(chosen.backend == .uring && chosen.backendSource == nil)
+        #expect(env.requesting(nil).backend == .epoll)
+    }
+}

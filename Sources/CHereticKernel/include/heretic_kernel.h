@@ -27,7 +27,7 @@ typedef struct heretic_ring heretic_ring;
 /// that suit one issuing thread (single issuer, deferred task work) where the kernel has them.
 /// On success stores the ring and returns the setup flags used; -errno otherwise (ENOSYS: no
 /// io_uring; EPERM: disabled by /proc/sys/kernel/io_uring_disabled).
-int heretic_ring_open(heretic_ring **out, unsigned entries, unsigned cq_entries);
+int heretic_ring_open(heretic_ring **out, unsigned entries, unsigned cq_entries, unsigned first_mode);
 void heretic_ring_close(heretic_ring *r);
 /// Registers a provided-buffer ring `group` of `count` buffers (a power of two) of `size`
 /// bytes, consumed incrementally where the kernel allows it. Only `target` buffers are in the

@@ -37,6 +37,11 @@ public struct KernelConfiguration: Sendable {
     public var sendBufferSize = 256 << 10
     /// The process-wide cap the engine's send queues are charged to.
     public var sendMemory: SendMemory = .shared
+    /// The io_uring set-up to try first, each later one plainer, taken when the kernel
+    /// refuses the one before: 0 single issuer with deferred task work (the default), 1
+    /// single issuer with cooperative task work, 2 cooperative task work only, 3 none. For
+    /// comparing the modes by measurement (`HERETIC_URING_SETUP`).
+    public var uringSetupMode = 0
 
     /// The defaults: automatic backend, 4,096 ring entries, 2,048 receive buffers of 64 KiB
     /// (16 in the ring at first), direct sends batched from 16 completions a turn, 256 KiB
@@ -48,7 +53,8 @@ public struct KernelConfiguration: Sendable {
     /// The defaults, with what these variables of `environment` say:
     /// `HERETIC_KERNEL_BACKEND` (`io_uring` or `epoll`) forces the backend;
     /// `HERETIC_BATCHED_SENDS` (any value) batches every send;
-    /// `HERETIC_BATCH_SENDS_FROM` (a number) sets `batchedSendsFrom`.
+    /// `HERETIC_BATCH_SENDS_FROM` (a number) sets `batchedSendsFrom`;
+    /// `HERETIC_URING_SETUP` (0 to 3) sets `uringSetupMode`.
     public init(environment: [String: String]) {
         if let name = environment["HERETIC_KERNEL_BACKEND"], let forced = KernelBackend(rawValue: name) {
             backend = forced
@@ -56,12 +62,13 @@ public struct KernelConfiguration: Sendable {
         }
         if environment["HERETIC_BATCHED_SENDS"] != nil { directSends = false }
         if let from = environment["HERETIC_BATCH_SENDS_FROM"].flatMap({ Int($0) }) { batchedSendsFrom = from }
+        if let mode = environment["HERETIC_URING_SETUP"].flatMap({ Int($0) }), (0...3).contains(mode) { uringSetupMode = mode }
     }
 
     /// The variables `init(environment:)` reads, taken from this process's environment.
     public static func fromEnvironment() -> KernelConfiguration {
         var environment: [String: String] = [:]
-        for name in ["HERETIC_KERNEL_BACKEND", "HERETIC_BATCHED_SENDS", "HERETIC_BATCH_SENDS_FROM"] {
+        for name in ["HERETIC_KERNEL_BACKEND", "HERETIC_BATCHED_SENDS", "HERETIC_BATCH_SENDS_FROM", "HERETIC_URING_SETUP"] {
             if let value = getenv(name) { environment[name] = String(cString: value) }
         }
         return KernelConfiguration(environment: environment)

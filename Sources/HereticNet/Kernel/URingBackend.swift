@@ -31,7 +31,7 @@ final class URingBackend: KernelIO {
     /// error).
     static func open(_ c: KernelConfiguration) -> Result<URingBackend, NetError> {
         var r: OpaquePointer?
-        let flags = heretic_ring_open(&r, UInt32(c.ringEntries), UInt32(c.ringEntries * 16))
+        let flags = heretic_ring_open(&r, UInt32(c.ringEntries), UInt32(c.ringEntries * 16), UInt32(c.uringSetupMode))
         guard flags >= 0, let r else {
             return .failure(.device("io_uring cannot be set up (\(String(cString: heretic_strerror(-flags))))"))
         }
