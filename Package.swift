@@ -75,6 +75,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A Redis-compatible cache: RESP, the keyspace and its commands, on the transport API.
+        .target(
+            name: "RedisService",
+            dependencies: [
+                "HereticTransport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The brief's workloads, reproduced as self-checking benchmarks.
         .target(
             name: "HereticBench",
@@ -103,6 +113,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "HereticCoreTests", dependencies: ["HereticCore"]),
+        .testTarget(name: "RedisServiceTests", dependencies: ["RedisService"]),
         .testTarget(name: "HereticBenchTests", dependencies: ["HereticBench", "HereticCore"]),
         // The transport API's contract, run on every engine and packet path.
         .testTarget(
