@@ -106,6 +106,7 @@ let package = Package(
                 "CHereticSys",
                 "CHereticKernel",
                 "EchoService",
+                "RedisService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -118,7 +119,7 @@ let package = Package(
         // The transport API's contract, run on every engine and packet path.
         .testTarget(
             name: "HereticContractTests",
-            dependencies: ["HereticNet", "HereticCore", "HereticBench", "CHereticSys", "CHereticKernel", "EchoService"]
+            dependencies: ["HereticNet", "HereticCore", "HereticBench", "CHereticSys", "CHereticKernel", "EchoService", "RedisService"]
         ),
         .testTarget(
             name: "HereticNetTests",

@@ -1,5 +1,6 @@
 import ArgumentParser
 import EchoService
+import RedisService
 import HereticNet
 
 struct Serve: ParsableCommand {
@@ -11,7 +12,7 @@ struct Serve: ParsableCommand {
             and stops gracefully on SIGINT or SIGTERM: no new connections, open ones finish within \
             --drain-seconds, the rest are aborted. A second signal aborts at once.
             """,
-        subcommands: [Echo.self])
+        subcommands: [Echo.self, Redis.self])
 
     struct Echo: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -51,6 +52,29 @@ struct Serve: ParsableCommand {
                         return v["bytes_received"]! == v["bytes_echoed"]! + v["bytes_held"]! + v["bytes_discarded"]!
                     }
                 })
+        }
+    }
+
+    struct Redis: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A Redis-compatible cache (RESP2 and RESP3; the commands built so far). Each core keeps its own databases.")
+        @OptionGroup var host: HostOptions
+        @Option(help: "Clients must AUTH with this password first.") var requirepass: String?
+
+        func run() throws {
+            var configuration = RedisConfiguration()
+            configuration.port = host.port
+            configuration.password = requirepass
+            let redis = configuration
+            try ServiceHost<RedisService>(options: host, name: "redis").run(
+                make: { core, logger in RedisService(configuration: redis, core: core, logger: logger) },
+                counters: { service in
+                    let c = service.counters
+                    return [("connections", c.connections), ("commands", c.commands), ("protocol_errors", c.protocolErrors),
+                            ("output_limit_disconnects", c.outputLimitDisconnects), ("open_at_end", c.open)]
+                },
+                // Every connection the service counted as open was closed again.
+                verify: { perCore in perCore.allSatisfy { row in row.first { $0.0 == "open_at_end" }?.1 == 0 } })
         }
     }
 }

@@ -1,0 +1,197 @@
+import HereticTransport
+import Logging
+import Metrics
+
+/// How the cache runs.
+public struct RedisConfiguration: Sendable {
+    public var port: UInt16 = 6379
+    public var backlog = 4096
+    /// `--requirepass`: clients must AUTH with it before other commands.
+    public var password: String?
+    public var databases = 16
+    public var limits = RESPLimits()
+    /// Bytes of replies a client may leave unread before it is cut off
+    /// (Redis's `client-output-buffer-limit normal`, here a hard limit).
+    public var outputBufferLimit = 256 << 20
+
+    public init() {}
+}
+
+/// What one core's clients did.
+public struct RedisCounters: Sendable, Equatable {
+    public var connections = 0
+    public var open = 0
+    public var commands = 0
+    public var protocolErrors = 0
+    public var outputLimitDisconnects = 0
+    public init() {}
+}
+
+/// A Redis-compatible cache on one core, written against the transport API: RESP2 and RESP3,
+/// pipelining, and the commands of `RedisCommands`. Each core owns its own databases.
+public final class RedisService: NetworkService {
+    public let configuration: RedisConfiguration
+    public let core: Int
+    public let logger: Logger
+    public internal(set) var counters = RedisCounters()
+    var databases: [Keyspace]
+    var clients: [UInt64: TCPConnectionHandle] = [:]
+    var nextClientID: Int64 = 1
+    var draining = false
+    private var stopListening: (() -> Void)?
+
+    public init(configuration: RedisConfiguration, core: Int, logger: Logger = Logger(label: "heretic.redis")) {
+        self.configuration = configuration
+        self.core = core
+        var logger = logger
+        logger[metadataKey: "core"] = "\(core)"
+        self.logger = logger
+        databases = Array(repeating: Keyspace(), count: max(1, configuration.databases))
+    }
+
+    public var openConnections: Int { clients.count }
+
+    public func start<E: NetworkEngine>(on engine: E, port: UInt16) throws(NetError) -> UInt16 {
+        let service = Unmanaged.passUnretained(self)
+        let bound = try engine.listenTCP(port: port, backlog: configuration.backlog, keepalive: nil) {
+            RedisConnection(service: service.takeUnretainedValue())
+        }
+        stopListening = { engine.stopListening(port: bound) }
+        logger.info("redis listening", metadata: ["port": "\(bound)"])
+        return bound
+    }
+
+    public func drain() {
+        guard !draining else { return }
+        draining = true
+        stopListening?()
+        stopListening = nil
+        // Each client finishes the commands it has sent, gets their replies, then FIN.
+        for handle in clients.values { handle.setTimer(milliseconds: 0) }
+    }
+
+    public func abortAll() {
+        for handle in Array(clients.values) { handle.abort() }
+    }
+
+    public func publishMetrics() {}
+
+    /// Active expiry, a sample per database; call now and then on the core.
+    public func expireSome() {
+        let now = Keyspace.nowMilliseconds()
+        for i in databases.indices { _ = databases[i].expireSome(now: now) }
+    }
+}
+
+/// One client's connection: its parser, its replies, its session (database, protocol,
+/// authentication, name).
+struct RedisConnection: TCPHandler {
+    unowned(unsafe) let service: RedisService
+    var parser: RESPParser
+    var out = RESPWriter()
+    /// Replies the send buffer did not take yet.
+    var unsent: [UInt8] = []
+    var session = RedisSession()
+    var handleID: UInt64 = 0
+    var closing = false
+
+    init(service: RedisService) {
+        self.service = service
+        parser = RESPParser(limits: service.configuration.limits)
+    }
+
+    mutating func connected(_ connection: some TCPConnection) {
+        if service.draining {
+            connection.close()
+            closing = true
+            return
+        }
+        handleID = connection.handle.id
+        session.id = service.nextClientID
+        service.nextClientID += 1
+        session.authenticated = service.configuration.password == nil
+        service.clients[handleID] = connection.handle
+        service.counters.connections += 1
+        service.counters.open += 1
+        connection.setNoDelay(true)
+    }
+
+    mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
+        guard !closing else { return }
+        let service = self.service
+        var session = self.session
+        var out = self.out
+        out.version = session.protocolVersion
+        let error = parser.feed(data) { command in
+            guard !session.quit else { return }
+            service.counters.commands += 1
+            RedisCommands.execute(command, service: service, session: &session, out: &out)
+            out.version = session.protocolVersion
+        }
+        self.session = session
+        self.out = out
+        if let error, !session.quit {
+            service.counters.protocolErrors += 1
+            self.out.error(error.message)
+            session.quit = true
+            self.session.quit = true
+        }
+        flush(connection)
+        if self.session.quit { close(connection) }
+    }
+
+    mutating func flush(_ connection: some TCPConnection) {
+        guard !out.bytes.isEmpty else { return }
+        if unsent.isEmpty {
+            let n = out.bytes.withUnsafeBytes { connection.send($0) }
+            if n < out.bytes.count { unsent.append(contentsOf: out.bytes[n...]) }
+        } else {
+            unsent.append(contentsOf: out.bytes)
+        }
+        out.bytes.removeAll(keepingCapacity: true)
+        if !unsent.isEmpty {
+            if unsent.count > service.configuration.outputBufferLimit {
+                // A client that does not read its replies is cut off, as Redis does.
+                service.counters.outputLimitDisconnects += 1
+                unsent = []
+                connection.abort()
+                return
+            }
+            connection.setReceiveWindow(0)  // no more commands until it reads
+        }
+    }
+
+    mutating func writable(_ connection: some TCPConnection) {
+        guard !unsent.isEmpty else { return }
+        let n = unsent.withUnsafeBytes { connection.send($0) }
+        unsent.removeFirst(n)
+        if unsent.isEmpty {
+            if session.quit || closing { connection.close() } else { connection.setReceiveWindow(1 << 20) }
+        }
+    }
+
+    mutating func close(_ connection: some TCPConnection) {
+        closing = true
+        if unsent.isEmpty { connection.close() }
+    }
+
+    mutating func timerFired(_ connection: some TCPConnection) { close(connection) }
+
+    mutating func peerClosed(_ connection: some TCPConnection) { close(connection) }
+
+    mutating func closed(_ reason: TCPCloseReason) {
+        if service.clients.removeValue(forKey: handleID) != nil { service.counters.open -= 1 }
+    }
+}
+
+/// A client's session state.
+public struct RedisSession {
+    public var id: Int64 = 0
+    public var database = 0
+    public var protocolVersion = 2
+    public var authenticated = true
+    public var name: [UInt8] = []
+    /// QUIT was sent (or the protocol broke): reply, then close.
+    public var quit = false
+    public init() {}
+}
