@@ -274,6 +274,30 @@ enum RedisCommands {
             let matched = db.keys(now: now).filter { globMatch(pattern, $0.bytes) }
             out.array(matched.count)
             for k in matched { k.bytes.withUnsafeBytes { out.bulk($0) } }
+        case "INFO":
+            info(c, service: service, out: &out)
+        case "CONFIG":
+            guard arity(2, atLeast: true) else { return }
+            switch upper(c[1]) {
+            case "GET":
+                guard c.count >= 3 else { return wrongArgs("config|get", &out) }
+                let settings = service.settings
+                var matched: [(String, String)] = []
+                for i in 2..<c.count {
+                    let pattern = Array(c[i]).map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }
+                    for (k, v) in settings where globMatch(pattern, Array(k.utf8)) && !matched.contains(where: { $0.0 == k }) {
+                        matched.append((k, v))
+                    }
+                }
+                out.map(matched.count)
+                for (k, v) in matched { out.bulk(k); out.bulk(v) }
+            case "RESETSTAT":
+                service.counters.commands = 0
+                service.counters.connections = 0
+                out.simple("OK")
+            default:
+                out.error("ERR unknown subcommand '\(String(decoding: c[1], as: UTF8.self))'. Try CONFIG HELP.")
+            }
         case "COMMAND":
             if c.count >= 2 && upper(c[1]) == "COUNT" { out.integer(implemented.count) } else if c.count >= 2 && upper(c[1]) == "DOCS" { out.map(0) } else { out.array(0) }
         default:
@@ -286,7 +310,7 @@ enum RedisCommands {
         "PING", "ECHO", "QUIT", "AUTH", "HELLO", "SELECT", "CLIENT", "DBSIZE", "FLUSHDB", "FLUSHALL", "TIME",
         "GET", "SET", "SETNX", "MGET", "MSET", "DEL", "UNLINK", "EXISTS", "TYPE", "INCR", "DECR", "INCRBY",
         "DECRBY", "APPEND", "STRLEN", "EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "TTL", "PTTL",
-        "EXPIRETIME", "PEXPIRETIME", "PERSIST", "KEYS", "COMMAND",
+        "EXPIRETIME", "PEXPIRETIME", "PERSIST", "KEYS", "COMMAND", "INFO", "CONFIG",
     ]
 
     /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]
@@ -345,6 +369,39 @@ enum RedisCommands {
         guard !overflow else { return out.error("ERR increment or decrement would overflow") }
         db.set(key, .string(Array(String(sum).utf8)), keepTTL: true)
         out.integer(sum)
+    }
+
+    /// INFO [section ...]: the sections and fields clients read.
+    static func info(_ c: RESPCommand, service: RedisService, out: inout RESPWriter) {
+        let wanted = Set((1..<c.count).map { upper(c[$0]).lowercased() })
+        let all = wanted.isEmpty || wanted.contains("all") || wanted.contains("everything") || wanted.contains("default")
+        var text = ""
+        func section(_ name: String, _ fields: [(String, String)]) {
+            guard all || wanted.contains(name.lowercased()) else { return }
+            text += "# \(name)\r\n"
+            for (k, v) in fields { text += "\(k):\(v)\r\n" }
+            text += "\r\n"
+        }
+        let uptime = (Keyspace.nowMilliseconds() - service.startedAt) / 1000
+        section("Server", [("redis_version", version), ("redis_mode", "standalone"), ("os", "Linux"),
+                           ("arch_bits", "64"), ("process_id", String(service.processID)),
+                           ("tcp_port", String(service.port)), ("uptime_in_seconds", String(uptime)),
+                           ("uptime_in_days", String(uptime / 86_400)), ("executable", "heretic")])
+        section("Clients", [("connected_clients", String(service.clients.count)), ("blocked_clients", "0")])
+        let rss = RedisService.residentBytes()
+        section("Memory", [("used_memory", String(rss)), ("used_memory_rss", String(rss)),
+                           ("maxmemory", "0"), ("maxmemory_policy", "noeviction")])
+        section("Persistence", [("loading", "0"), ("rdb_changes_since_last_save", "0"), ("aof_enabled", "0")])
+        section("Stats", [("total_connections_received", String(service.counters.connections)),
+                          ("total_commands_processed", String(service.counters.commands)),
+                          ("expired_keys", String(service.databases.reduce(0) { $0 + $1.expired }))])
+        section("Replication", [("role", "master"), ("connected_slaves", "0")])
+        var keyspace: [(String, String)] = []
+        for (i, db) in service.databases.enumerated() where db.count > 0 {
+            keyspace.append(("db\(i)", "keys=\(db.count),expires=\(db.volatileCount),avg_ttl=0"))
+        }
+        section("Keyspace", keyspace)
+        out.bulk(text)
     }
 
     static func wrongArgs(_ name: String, _ out: inout RESPWriter) {

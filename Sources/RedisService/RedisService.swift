@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import HereticTransport
 import Logging
 import Metrics
@@ -39,6 +42,30 @@ public final class RedisService: NetworkService {
     var nextClientID: Int64 = 1
     var draining = false
     private var stopListening: (() -> Void)?
+    public private(set) var port: UInt16 = 0
+    let startedAt = Keyspace.nowMilliseconds()
+    let processID = Int(getpid())
+
+    /// The settings CONFIG GET reports: those this server has.
+    var settings: [(String, String)] {
+        [("port", String(port)), ("databases", String(databases.count)),
+         ("requirepass", configuration.password ?? ""), ("proto-max-bulk-len", String(configuration.limits.maxBulkLength)),
+         ("client-query-buffer-limit", String(configuration.limits.maxQueryBuffer)),
+         ("maxmemory", "0"), ("maxmemory-policy", "noeviction"), ("appendonly", "no"), ("save", "")]
+    }
+
+    /// Resident memory of the process (/proc/self/statm).
+    static func residentBytes() -> Int {
+        let fd = open("/proc/self/statm", O_RDONLY)
+        guard fd >= 0 else { return 0 }
+        defer { close(fd) }
+        var buffer = [UInt8](repeating: 0, count: 128)
+        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, 127) }
+        guard n > 0 else { return 0 }
+        let fields = buffer[..<n].split(separator: 0x20)
+        guard fields.count > 1, let pages = Int(String(decoding: fields[1], as: UTF8.self)) else { return 0 }
+        return pages * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
 
     public init(configuration: RedisConfiguration, core: Int, logger: Logger = Logger(label: "heretic.redis")) {
         self.configuration = configuration
@@ -57,6 +84,7 @@ public final class RedisService: NetworkService {
             RedisConnection(service: service.takeUnretainedValue())
         }
         stopListening = { engine.stopListening(port: bound) }
+        self.port = bound
         logger.info("redis listening", metadata: ["port": "\(bound)"])
         return bound
     }
