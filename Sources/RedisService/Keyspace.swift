@@ -9,15 +9,58 @@ public struct RedisKey: Hashable, Sendable {
     public init(_ s: String) { bytes = Array(s.utf8) }
 }
 
-/// A value of one of Redis's types. (This first keyspace keeps strings; hashes, lists, sets
-/// and sorted sets come with their commands.)
+/// A value of one of Redis's types. (Lists, sets and sorted sets come with their commands.)
 public enum RedisValue: Sendable {
     case string([UInt8])
+    case hash(RedisHash)
 
     public var typeName: String {
         switch self {
         case .string: "string"
+        case .hash: "hash"
         }
+    }
+}
+
+/// A hash: fields and values in arrays (insertion order, as Redis's small hashes keep it),
+/// with an index from field to position; a removal moves the last field into the gap.
+public struct RedisHash: Sendable {
+    public private(set) var fields: [[UInt8]] = []
+    public private(set) var values: [[UInt8]] = []
+    private var index: [[UInt8]: Int] = [:]
+
+    public init() {}
+
+    public var count: Int { fields.count }
+
+    public subscript(field: [UInt8]) -> [UInt8]? { index[field].map { values[$0] } }
+
+    /// Sets a field; true if it is new.
+    @discardableResult
+    public mutating func set(_ field: [UInt8], _ value: [UInt8]) -> Bool {
+        if let i = index[field] {
+            values[i] = value
+            return false
+        }
+        index[field] = fields.count
+        fields.append(field)
+        values.append(value)
+        return true
+    }
+
+    /// Removes a field; true if it was there.
+    @discardableResult
+    public mutating func remove(_ field: [UInt8]) -> Bool {
+        guard let i = index.removeValue(forKey: field) else { return false }
+        let last = fields.count - 1
+        if i != last {
+            fields[i] = fields[last]
+            values[i] = values[last]
+            index[fields[i]] = i
+        }
+        fields.removeLast()
+        values.removeLast()
+        return true
     }
 }
 
@@ -57,6 +100,16 @@ public struct Keyspace {
         values[key] = value
         if !keepTTL { expires[key] = nil }
     }
+
+    /// Takes a live value out to change it in place (nobody else then holds its storage, so
+    /// changing it copies nothing); give it back with `put`. Its deadline stays.
+    public mutating func take(_ key: RedisKey, now: Int64) -> RedisValue? {
+        guard get(key, now: now) != nil else { return nil }
+        return values.removeValue(forKey: key)
+    }
+
+    /// Puts back what `take` took (or a new value, keeping any deadline).
+    public mutating func put(_ key: RedisKey, _ value: RedisValue) { values[key] = value }
 
     @discardableResult
     public mutating func remove(_ key: RedisKey) -> Bool {

@@ -139,6 +139,7 @@ enum RedisCommands {
             switch db.get(key(1), now: now) {
             case .string(let v): v.withUnsafeBytes { out.bulk($0) }
             case nil: out.null()
+            case .hash: wrongType(&out)
             }
         case "SET":
             guard arity(3, atLeast: true) else { return }
@@ -202,10 +203,16 @@ enum RedisCommands {
             case nil:
                 db.set(key(1), .string(Array(c[2])))
                 out.integer(c[2].count)
+            case .hash:
+                wrongType(&out)
             }
         case "STRLEN":
             guard arity(2) else { return }
-            if case .string(let v)? = db.get(key(1), now: now) { out.integer(v.count) } else { out.integer(0) }
+            switch db.get(key(1), now: now) {
+            case .string(let v): out.integer(v.count)
+            case nil: out.integer(0)
+            case .hash: wrongType(&out)
+            }
         case "EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT":
             guard arity(3, atLeast: true) else { return }
             guard let t = integer(c[2]) else { return notInteger(&out) }
@@ -274,6 +281,9 @@ enum RedisCommands {
             let matched = db.keys(now: now).filter { globMatch(pattern, $0.bytes) }
             out.array(matched.count)
             for k in matched { k.bytes.withUnsafeBytes { out.bulk($0) } }
+        case "HSET", "HMSET", "HSETNX", "HGET", "HMGET", "HDEL", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS",
+             "HSTRLEN", "HINCRBY":
+            hashCommand(name, c, key: key(1), db: &db, now: now, out: &out)
         case "INFO":
             info(c, service: service, out: &out)
         case "CONFIG":
@@ -311,6 +321,8 @@ enum RedisCommands {
         "GET", "SET", "SETNX", "MGET", "MSET", "DEL", "UNLINK", "EXISTS", "TYPE", "INCR", "DECR", "INCRBY",
         "DECRBY", "APPEND", "STRLEN", "EXPIRE", "PEXPIRE", "EXPIREAT", "PEXPIREAT", "TTL", "PTTL",
         "EXPIRETIME", "PEXPIRETIME", "PERSIST", "KEYS", "COMMAND", "INFO", "CONFIG",
+        "HSET", "HMSET", "HSETNX", "HGET", "HMGET", "HDEL", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS",
+        "HSTRLEN", "HINCRBY",
     ]
 
     /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]
@@ -345,6 +357,7 @@ enum RedisCommands {
             switch old {
             case .string(let v): v.withUnsafeBytes { out.bulk($0) }
             case nil: out.null()
+            case .hash: return wrongType(&out)  // and nothing is set
             }
         }
         if (nx && old != nil) || (xx && old == nil) {
@@ -364,6 +377,8 @@ enum RedisCommands {
             value = n
         case nil:
             break
+        case .hash:
+            return wrongType(&out)
         }
         let (sum, overflow) = value.addingReportingOverflow(delta)
         guard !overflow else { return out.error("ERR increment or decrement would overflow") }
@@ -406,6 +421,91 @@ enum RedisCommands {
 
     static func wrongArgs(_ name: String, _ out: inout RESPWriter) {
         out.error("ERR wrong number of arguments for '\(name.lowercased())' command")
+    }
+
+    static func hashCommand(_ name: String, _ c: RESPCommand, key: RedisKey, db: inout Keyspace, now: Int64,
+                            out: inout RESPWriter) {
+        let minimum: [String: Int] = ["HSET": 4, "HMSET": 4, "HSETNX": 4, "HGET": 3, "HMGET": 3, "HDEL": 3, "HGETALL": 2,
+                                      "HKEYS": 2, "HVALS": 2, "HLEN": 2, "HEXISTS": 3, "HSTRLEN": 3, "HINCRBY": 4]
+        let exact: Set<String> = ["HSETNX", "HGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS", "HSTRLEN", "HINCRBY"]
+        let need = minimum[name] ?? 2
+        guard exact.contains(name) ? c.count == need : c.count >= need,
+              name != "HSET" && name != "HMSET" || c.count % 2 == 0 else { return wrongArgs(name, &out) }
+        var hash = RedisHash()
+        var taken = db.take(key, now: now)
+        switch taken {
+        case .hash(let h):
+            hash = h
+            taken = nil  // the hash's storage now has one owner: changes happen in place
+        case nil:
+            break
+        case .string:
+            db.put(key, taken!)
+            return wrongType(&out)
+        }
+        func field(_ i: Int) -> [UInt8] { Array(c[i]) }
+        func reply(_ v: [UInt8]?) { if let v { v.withUnsafeBytes { out.bulk($0) } } else { out.null() } }
+        var changed = false
+        switch name {
+        case "HSET", "HMSET":
+            var added = 0
+            for i in stride(from: 2, to: c.count, by: 2) where hash.set(field(i), field(i + 1)) { added += 1 }
+            changed = true
+            if name == "HSET" { out.integer(added) } else { out.simple("OK") }
+        case "HSETNX":
+            if hash[field(2)] == nil {
+                hash.set(field(2), field(3))
+                changed = true
+                out.integer(1)
+            } else {
+                out.integer(0)
+            }
+        case "HGET": reply(hash[field(2)])
+        case "HMGET":
+            out.array(c.count - 2)
+            for i in 2..<c.count { reply(hash[field(i)]) }
+        case "HDEL":
+            var removed = 0
+            for i in 2..<c.count where hash.remove(field(i)) { removed += 1 }
+            changed = removed > 0
+            out.integer(removed)
+        case "HGETALL":
+            out.map(hash.count)
+            for i in 0..<hash.count { reply(hash.fields[i]); reply(hash.values[i]) }
+        case "HKEYS":
+            out.array(hash.count)
+            for f in hash.fields { reply(f) }
+        case "HVALS":
+            out.array(hash.count)
+            for v in hash.values { reply(v) }
+        case "HLEN": out.integer(hash.count)
+        case "HEXISTS": out.integer(hash[field(2)] == nil ? 0 : 1)
+        case "HSTRLEN": out.integer(hash[field(2)]?.count ?? 0)
+        case "HINCRBY":
+            guard let by = integer(c[3]) else { return notInteger(&out) }
+            var value = 0
+            if let old = hash[field(2)] {
+                guard let n = old.withUnsafeBytes({ integer($0) }) else { return out.error("ERR hash value is not an integer") }
+                value = n
+            }
+            let (sum, overflow) = value.addingReportingOverflow(by)
+            guard !overflow else { return out.error("ERR increment or decrement would overflow") }
+            hash.set(field(2), Array(String(sum).utf8))
+            changed = true
+            out.integer(sum)
+        default:
+            break
+        }
+        // An emptied hash is no key at all, as in Redis.
+        if hash.count == 0 {
+            if changed { db.remove(key) }
+        } else {
+            db.put(key, .hash(hash))
+        }
+    }
+
+    static func wrongType(_ out: inout RESPWriter) {
+        out.error("WRONGTYPE Operation against a key holding the wrong kind of value")
     }
 
     static func notInteger(_ out: inout RESPWriter) { out.error("ERR value is not an integer or out of range") }

@@ -40,6 +40,12 @@ struct RedisScenario: Scenario {
         request += Self.command("EXISTS", "k", "n")
         request += Self.command("INFO", "keyspace")
         request += Self.command("CONFIG", "GET", "database*")
+        request += Self.command("HSET", "h", "a", "1", "b", "2")
+        request += Self.command("HSET", "h", "a", "3")
+        request += Self.command("HGETALL", "h")
+        request += Self.command("GET", "h")
+        request += Self.command("HDEL", "h", "a", "b")
+        request += Self.command("EXISTS", "h")
         request += Array("echo \"two words\"\r\n".utf8)
         request += Self.command("HELLO", "3")
         request += Self.command("GET", "missing")
@@ -62,12 +68,15 @@ struct RedisScenario: Scenario {
                 + "$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n"
             let expected = "+PONG\r\n+OK\r\n$5\r\nhello\r\n:1\r\n:42\r\n$-1\r\n+OK\r\n:100\r\n"
                 + "-ERR value is not an integer or out of range\r\n:2\r\n:1\r\n"
-                + "$\(info.utf8.count)\r\n\(info)\r\n*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n$9\r\ntwo words\r\n" + hello
+                + "$\(info.utf8.count)\r\n\(info)\r\n*2\r\n$9\r\ndatabases\r\n$2\r\n16\r\n"
+                + ":2\r\n:0\r\n*4\r\n$1\r\na\r\n$1\r\n3\r\n$1\r\nb\r\n$1\r\n2\r\n"
+                + "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:2\r\n:0\r\n"
+                + "$9\r\ntwo words\r\n" + hello
                 + "_\r\n-ERR Protocol error: invalid bulk length\r\n"
             #expect(text == expected)
             #expect(client.closed == [.normal])
         }
         let counters = try bed.run { _, _ in box.service!.counters }
-        #expect(counters.commands == 16 && counters.protocolErrors == 1 && counters.open == 0)
+        #expect(counters.commands == 22 && counters.protocolErrors == 1 && counters.open == 0)
     }
 }
