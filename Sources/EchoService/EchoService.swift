@@ -73,8 +73,14 @@ public final class EchoService: NetworkService {
     /// The core this instance serves (for logs and metric labels).
     public let core: Int
     public let logger: Logger
+    /// What the handlers count; `open` comes from the connections table.
+    var tally = EchoCounters()
     /// This core's counters; read them on the core.
-    public internal(set) var counters = EchoCounters()
+    public var counters: EchoCounters {
+        var c = tally
+        c.open = connections.count
+        return c
+    }
     public private(set) var draining = false
     public private(set) var port: UInt16 = 0
     /// Open connections by id, so that `drain` and `abortAll` reach them.
@@ -132,27 +138,25 @@ public final class EchoService: NetworkService {
 
     @inline(__always) func opened(_ handle: TCPConnectionHandle) -> Bool {
         if draining {
-            counters.refusedDraining += 1
+            tally.refusedDraining += 1
             return false
         }
         if connections.count >= configuration.maxConnectionsPerCore {
-            counters.refusedFull += 1
+            tally.refusedFull += 1
             return false
         }
-        counters.accepted += 1
-        counters.open += 1
+        tally.accepted += 1
         connections[handle.id] = handle
         return true
     }
 
     @inline(__always) func ended(_ id: UInt64, _ reason: TCPCloseReason) {
         guard connections.removeValue(forKey: id) != nil else { return }
-        counters.open -= 1
         switch reason {
-        case .normal: counters.closedNormal += 1
-        case .reset, .refused: counters.closedReset += 1
-        case .timedOut: counters.closedTimedOut += 1
-        case .idle: counters.closedIdle += 1
+        case .normal: tally.closedNormal += 1
+        case .reset, .refused: tally.closedReset += 1
+        case .timedOut: tally.closedTimedOut += 1
+        case .idle: tally.closedIdle += 1
         }
     }
 }
@@ -182,18 +186,18 @@ struct EchoHandler: TCPHandler {
 
     mutating func received(_ data: UnsafeRawBufferPointer, _ connection: some TCPConnection) {
         guard admitted else { return }  // turned away: closing, its bytes are not served
-        service.counters.bytesReceived += data.count
+        service.tally.bytesReceived += data.count
         guard held.isEmpty else {
             // Reading was paused, but a receive already under way still delivered: hold it.
             held.append(contentsOf: data)
-            service.counters.bytesHeld += data.count
+            service.tally.bytesHeld += data.count
             return
         }
         let n = connection.send(data)
-        service.counters.bytesSent += n
+        service.tally.bytesSent += n
         if n < data.count {
             held.append(contentsOf: UnsafeRawBufferPointer(rebasing: data[n...]))
-            service.counters.bytesHeld += data.count - n
+            service.tally.bytesHeld += data.count - n
             connection.setReceiveWindow(0)
         }
     }
@@ -202,8 +206,8 @@ struct EchoHandler: TCPHandler {
         guard !held.isEmpty else { return }
         let n = held.withUnsafeBytes { connection.send($0) }
         held.removeFirst(n)
-        service.counters.bytesSent += n
-        service.counters.bytesHeld -= n
+        service.tally.bytesSent += n
+        service.tally.bytesHeld -= n
         if held.isEmpty {
             if closing { connection.close() } else { connection.setReceiveWindow(65_535) }
         }
@@ -222,8 +226,8 @@ struct EchoHandler: TCPHandler {
     }
 
     mutating func closed(_ reason: TCPCloseReason) {
-        service.counters.bytesHeld -= held.count
-        service.counters.bytesDiscarded += held.count
+        service.tally.bytesHeld -= held.count
+        service.tally.bytesDiscarded += held.count
         held = []
         if admitted { service.ended(id, reason) }
     }

@@ -85,7 +85,7 @@ enum RedisCommands {
             out.version = version
             out.map(7)
             out.bulk("server"); out.bulk("redis")
-            out.bulk("version"); out.bulk(version == 3 ? Self.version : Self.version)
+            out.bulk("version"); out.bulk(Self.version)
             out.bulk("proto"); out.integer(version)
             out.bulk("id"); out.integer(Int(session.id))
             out.bulk("mode"); out.bulk("standalone")
@@ -302,8 +302,8 @@ enum RedisCommands {
                 out.map(matched.count)
                 for (k, v) in matched { out.bulk(k); out.bulk(v) }
             case "RESETSTAT":
-                service.counters.commands = 0
-                service.counters.connections = 0
+                service.tally.commands = 0
+                service.tally.connections = 0
                 out.simple("OK")
             default:
                 out.error("ERR unknown subcommand '\(String(decoding: c[1], as: UTF8.self))'. Try CONFIG HELP.")
@@ -423,13 +423,15 @@ enum RedisCommands {
         out.error("ERR wrong number of arguments for '\(name.lowercased())' command")
     }
 
+    /// Arguments each hash command needs (at least, or exactly for those in `hashExactArity`).
+    static let hashArity: [String: Int] = ["HSET": 4, "HMSET": 4, "HSETNX": 4, "HGET": 3, "HMGET": 3, "HDEL": 3, "HGETALL": 2,
+                                           "HKEYS": 2, "HVALS": 2, "HLEN": 2, "HEXISTS": 3, "HSTRLEN": 3, "HINCRBY": 4]
+    static let hashExactArity: Set<String> = ["HSETNX", "HGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS", "HSTRLEN", "HINCRBY"]
+
     static func hashCommand(_ name: String, _ c: RESPCommand, key: RedisKey, db: inout Keyspace, now: Int64,
                             out: inout RESPWriter) {
-        let minimum: [String: Int] = ["HSET": 4, "HMSET": 4, "HSETNX": 4, "HGET": 3, "HMGET": 3, "HDEL": 3, "HGETALL": 2,
-                                      "HKEYS": 2, "HVALS": 2, "HLEN": 2, "HEXISTS": 3, "HSTRLEN": 3, "HINCRBY": 4]
-        let exact: Set<String> = ["HSETNX", "HGET", "HGETALL", "HKEYS", "HVALS", "HLEN", "HEXISTS", "HSTRLEN", "HINCRBY"]
-        let need = minimum[name] ?? 2
-        guard exact.contains(name) ? c.count == need : c.count >= need,
+        let need = hashArity[name] ?? 2
+        guard hashExactArity.contains(name) ? c.count == need : c.count >= need,
               name != "HSET" && name != "HMSET" || c.count % 2 == 0 else { return wrongArgs(name, &out) }
         var hash = RedisHash()
         var taken = db.take(key, now: now)

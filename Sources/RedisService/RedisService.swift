@@ -36,7 +36,13 @@ public final class RedisService: NetworkService {
     public let configuration: RedisConfiguration
     public let core: Int
     public let logger: Logger
-    public internal(set) var counters = RedisCounters()
+    /// What the handlers count; `open` comes from the clients table.
+    var tally = RedisCounters()
+    public var counters: RedisCounters {
+        var c = tally
+        c.open = clients.count
+        return c
+    }
     var databases: [Keyspace]
     var clients: [UInt64: TCPConnectionHandle] = [:]
     var nextClientID: Int64 = 1
@@ -139,8 +145,7 @@ struct RedisConnection: TCPHandler {
         service.nextClientID += 1
         session.authenticated = service.configuration.password == nil
         service.clients[handleID] = connection.handle
-        service.counters.connections += 1
-        service.counters.open += 1
+        service.tally.connections += 1
         connection.setNoDelay(true)
     }
 
@@ -148,18 +153,20 @@ struct RedisConnection: TCPHandler {
         guard !closing else { return }
         let service = self.service
         var session = self.session
-        var out = self.out
+        // Taken out of self (not copied), so that appending replies never copies the buffer.
+        var out = RESPWriter()
+        swap(&out, &self.out)
         out.version = session.protocolVersion
         let error = parser.feed(data) { command in
             guard !session.quit else { return }
-            service.counters.commands += 1
+            service.tally.commands += 1
             RedisCommands.execute(command, service: service, session: &session, out: &out)
             out.version = session.protocolVersion
         }
         self.session = session
         self.out = out
         if let error, !session.quit {
-            service.counters.protocolErrors += 1
+            service.tally.protocolErrors += 1
             self.out.error(error.message)
             session.quit = true
             self.session.quit = true
@@ -180,7 +187,7 @@ struct RedisConnection: TCPHandler {
         if !unsent.isEmpty {
             if unsent.count > service.configuration.outputBufferLimit {
                 // A client that does not read its replies is cut off, as Redis does.
-                service.counters.outputLimitDisconnects += 1
+                service.tally.outputLimitDisconnects += 1
                 unsent = []
                 connection.abort()
                 return
@@ -208,7 +215,7 @@ struct RedisConnection: TCPHandler {
     mutating func peerClosed(_ connection: some TCPConnection) { close(connection) }
 
     mutating func closed(_ reason: TCPCloseReason) {
-        if service.clients.removeValue(forKey: handleID) != nil { service.counters.open -= 1 }
+        service.clients.removeValue(forKey: handleID)
     }
 }
 
